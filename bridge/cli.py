@@ -1,0 +1,180 @@
+"""The `bridge` command: serve, dev, tail, version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from bridge import __version__
+from bridge.app import WEBHOOK_PATH
+from bridge.broker import EmbeddedBroker, create_topics, free_port
+from bridge.errors import BridgeError, ConfigError
+from bridge.parse import TYPES
+from bridge.publish import KafkaPublisher
+from bridge.routing import DLQ, all_topics
+from bridge.settings import Settings, load_settings
+from bridge.tail import TailOptions, tail
+
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "notifications" / "call.json"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ConfigError as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        return 2
+    except BridgeError as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bridge",
+        description="AIRudder webhook notifications to typed Avro records on Kafka. "
+        "Settings come from BRIDGE_* environment variables (see README).",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the service against the configured Kafka")
+    serve.set_defaults(run=_serve)
+
+    dev = commands.add_parser(
+        "dev", help="start an embedded broker, create the topics and serve (Ctrl-C stops both)"
+    )
+    dev.add_argument("--partitions", type=int, default=3, help="partitions per topic (3)")
+    dev.set_defaults(run=_dev)
+
+    tail_ = commands.add_parser("tail", help="print the records in the topics")
+    tail_.add_argument(
+        "--type",
+        dest="types",
+        action="append",
+        choices=[*TYPES, DLQ],
+        help="topic to read, repeatable (default: all four)",
+    )
+    tail_.add_argument("--case-id", help="only this case's records, in order")
+    tail_.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest record, not the end"
+    )
+    tail_.add_argument(
+        "--until-idle",
+        type=float,
+        metavar="SECONDS",
+        help="exit after SECONDS with nothing new (default: follow forever)",
+    )
+    tail_.add_argument(
+        "--format",
+        choices=["json", "pretty"],
+        default="json",
+        help="json: one JSON document per line; pretty: a readable timeline",
+    )
+    tail_.set_defaults(run=_tail)
+
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(run=lambda _: print(f"bridge {__version__}") or 0)
+    return parser
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _serve(_: argparse.Namespace) -> int:
+    settings = load_settings()
+    _configure_logging(settings)
+    asyncio.run(_check_kafka(settings))
+    _run_server(settings)
+    return 0
+
+
+async def _check_kafka(settings: Settings) -> None:
+    """Fail at start, with one clear line, when Kafka cannot be reached."""
+    publisher = KafkaPublisher(settings)
+    await publisher.start()
+    await publisher.stop(timeout=5.0)
+
+
+def _run_server(settings: Settings) -> None:
+    uvicorn.run(
+        "bridge.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        # Our own line per notification replaces the access log: no bodies, no secrets.
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _dev(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    _configure_logging(settings)
+    with EmbeddedBroker() as broker:
+        os.environ["BRIDGE_KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
+        # The embedded broker has no InitProducerId; production keeps idempotence on.
+        os.environ["BRIDGE_KAFKA_ENABLE_IDEMPOTENCE"] = "false"
+        if settings.port == 0:
+            os.environ["BRIDGE_PORT"] = str(free_port())
+        settings = load_settings()
+        asyncio.run(create_topics(broker.bootstrap_servers, all_topics(settings.topic_prefix), args.partitions))
+        url = f"http://{settings.host}:{settings.port}{WEBHOOK_PATH}"
+        print(_banner(settings, broker, url), flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            _run_server(settings)
+    return 0
+
+
+def _banner(settings: Settings, broker: EmbeddedBroker, url: str) -> str:
+    sample = shlex.quote(str(SAMPLE))
+    env = f"BRIDGE_KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}"
+    return "\n".join(
+        [
+            "",
+            f"  embedded Kafka broker  {broker.bootstrap_servers}  (in memory; log: {broker.log_path})",
+            f"  topics                 {', '.join(all_topics(settings.topic_prefix))}",
+            f"  webhook URL            {url}",
+            "",
+            "  post the vendor's example:",
+            f"    curl -sS -X POST -H 'Content-Type: application/json' --data-binary @{sample} {url}",
+            "",
+            "  then read the case's history:",
+            f"    {env} .venv/bin/bridge tail --case-id 12345.0 --from-beginning --until-idle 2",
+            "",
+        ]
+    )
+
+
+def _tail(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    options = TailOptions(
+        types=tuple(args.types or (*TYPES, DLQ)),
+        case_id=args.case_id,
+        from_beginning=args.from_beginning,
+        until_idle=args.until_idle,
+        format=args.format,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(tail(settings, options))
+    return 0

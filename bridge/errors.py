@@ -1,0 +1,51 @@
+"""The one exception tree of bridge.
+
+    BridgeError                  status, retriable
+     +-- ConfigError             bad settings; start refused
+     +-- InvalidNotification     the body cannot be typed; goes to the dead-letter topic
+     +-- PublishError            Kafka did not acknowledge; retriable, answered 503
+     |    +-- PublishTimeout     no acknowledgement within the ack budget
+     +-- BrokerUnavailable       Kafka cannot be reached at start
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Root of every error bridge raises on purpose."""
+
+    status: int = 500
+    retriable: bool = False
+
+
+class ConfigError(BridgeError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class InvalidNotification(BridgeError):
+    """The body is not a notification we can type. `reason` is a short stable token."""
+
+    status = 200  # answered 2xx once the raw body is in the dead-letter topic
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class PublishError(BridgeError):
+    """Kafka did not take the record. The vendor should retry."""
+
+    status = 503
+    retriable = True
+
+
+class PublishTimeout(PublishError):
+    """No acknowledgement within the ack budget."""
+
+
+class BrokerUnavailable(BridgeError):
+    """Kafka cannot be reached."""
+
+    status = 503
+    retriable = True

@@ -1,0 +1,245 @@
+"""Map stage: a notification (parsed JSON) to an Avro record and back, losslessly.
+
+The mapping is driven by the schema, so a field added to `avro/` is mapped without code.
+Rules (documented for consumers in avro/README.md):
+
+- A member whose name and JSON type match a typed field is stored in that field.
+- Every other member (unknown name, or a value of another JSON type, or JSON null) is stored
+  in the record's `unmapped` map as its JSON text; the typed field then stays null.
+- A JSON number sent where a string is expected is stored in the string field as its JSON
+  text *and* exactly in `unmapped`.
+- Rebuilding takes the non-null typed fields and overlays `unmapped`.
+- A map or array whose entries do not all fit is stored whole in `unmapped`.
+- A union of records (chat message content) picks its branch by the object's `type`: each
+  record lists the types it takes in `x-types`; the one with `"*"` takes the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
+
+from bridge.schemas import Schema
+
+UNMAPPED: Final = "unmapped"
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+Convert = Callable[[Any], Any]
+
+
+class _Mismatch(Exception):  # noqa: N818 - control flow inside this module, never escapes
+    """The value does not fit the typed field."""
+
+
+class _Coerced(Exception):  # noqa: N818
+    """The value fits after a conversion; the original is kept in `unmapped` too."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class Mapper:
+    """Compiled once per schema; `to_record` and `to_notification` are inverses."""
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        compiler = _Compiler()
+        self._to, self._back = compiler.compile(schema.definition, "")
+
+    def to_record(self, notification: dict[str, Any]) -> dict[str, Any]:
+        record: dict[str, Any] = self._to(notification)
+        return record
+
+    def to_notification(self, record: dict[str, Any]) -> dict[str, Any]:
+        notification: dict[str, Any] = self._back(record)
+        return notification
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class _Compiler:
+    def __init__(self) -> None:
+        self._named: dict[str, tuple[Convert, Convert]] = {}
+
+    def compile(self, node: Any, namespace: str) -> tuple[Convert, Convert]:  # noqa: PLR0911
+        if isinstance(node, str):
+            return self._primitive_or_reference(node, namespace)
+        if isinstance(node, list):
+            return self._union(node, namespace)
+        kind = node["type"]
+        if kind == "record":
+            return self._record(node, namespace)
+        if kind == "map":
+            return self._map(node, namespace)
+        if kind == "array":
+            return self._array(node, namespace)
+        if isinstance(kind, str | list | dict):
+            return self.compile(kind, namespace)
+        raise TypeError(f"unsupported schema node {node!r}")  # pragma: no cover
+
+    def _primitive_or_reference(self, name: str, namespace: str) -> tuple[Convert, Convert]:
+        primitive = _PRIMITIVE_CONVERTERS.get(name)
+        if primitive is not None:
+            return primitive, _identity
+        fullname = name if "." in name else f"{namespace}.{name}"
+        # Looked up at call time, so recursive types (a message replying to a message) work.
+        named = self._named
+        return (lambda v: named[fullname][0](v)), (lambda v: named[fullname][1](v))
+
+    def _record(self, node: dict[str, Any], namespace: str) -> tuple[Convert, Convert]:
+        fullname = node["name"] if "." in node["name"] else f"{namespace}.{node['name']}"
+        namespace = fullname.rpartition(".")[0]
+        self._named[fullname] = (_unresolved, _unresolved)
+        fields = {
+            f["name"]: self.compile(f["type"], namespace)
+            for f in node["fields"]
+            if f["name"] != UNMAPPED
+        }
+        to_fields = {name: pair[0] for name, pair in fields.items()}
+        back_fields = tuple((name, pair[1]) for name, pair in fields.items())
+
+        def to(obj: Any) -> dict[str, Any]:
+            if type(obj) is not dict:
+                raise _Mismatch
+            out: dict[str, Any] = {}
+            unmapped: dict[str, str] = {}
+            for key, value in obj.items():
+                convert = to_fields.get(key)
+                if convert is None:
+                    unmapped[key] = _dumps(value)
+                    continue
+                try:
+                    out[key] = convert(value)
+                except _Coerced as coerced:
+                    out[key] = coerced.value
+                    unmapped[key] = _dumps(value)
+                except _Mismatch:
+                    unmapped[key] = _dumps(value)
+            out[UNMAPPED] = unmapped
+            return out
+
+        def back(record: dict[str, Any]) -> dict[str, Any]:
+            obj: dict[str, Any] = {}
+            for name, convert in back_fields:
+                value = record.get(name)
+                if value is not None:
+                    obj[name] = convert(value)
+            for key, text in (record.get(UNMAPPED) or {}).items():
+                obj[key] = orjson.loads(text)
+            return obj
+
+        self._named[fullname] = (to, back)
+        return to, back
+
+    def _union(self, branches: list[Any], namespace: str) -> tuple[Convert, Convert]:
+        others = [b for b in branches if b != "null"]
+        if len(others) == 1:
+            # ["null", T]: JSON null is recorded in `unmapped`, so a null field means "absent".
+            return self.compile(others[0], namespace)
+        return self._tagged_union(others, namespace)
+
+    def _tagged_union(self, branches: list[Any], namespace: str) -> tuple[Convert, Convert]:
+        by_type: dict[str, tuple[str, Convert]] = {}
+        back_by_name: dict[str, Convert] = {}
+        fallback: tuple[str, Convert] | None = None
+        for branch in branches:
+            if not (isinstance(branch, dict) and branch.get("type") == "record"):
+                raise TypeError("only unions of records (with x-types) are supported")
+            name = branch["name"] if "." in branch["name"] else f"{namespace}.{branch['name']}"
+            to, back = self.compile(branch, namespace)
+            back_by_name[name] = back
+            for tag in branch["x-types"]:
+                if tag == "*":
+                    fallback = (name, to)
+                else:
+                    by_type[tag] = (name, to)
+        if fallback is None:
+            raise TypeError("a union of records needs one branch with x-types ['*']")
+        default = fallback
+
+        def to(obj: Any) -> tuple[str, dict[str, Any]]:
+            if type(obj) is not dict:
+                raise _Mismatch
+            tag = obj.get("type")
+            name, convert = by_type.get(tag, default) if isinstance(tag, str) else default
+            return name, convert(obj)
+
+        def back(value: Any) -> Any:
+            # fastavro reads a union of records as (name, record) with return_record_name.
+            name, record = value
+            return back_by_name[name](record)
+
+        return to, back
+
+    def _map(self, node: dict[str, Any], namespace: str) -> tuple[Convert, Convert]:
+        if node["values"] != "string":
+            raise TypeError("only maps of strings are supported")  # pragma: no cover
+
+        def to(obj: Any) -> dict[str, str]:
+            if type(obj) is not dict or any(type(v) is not str for v in obj.values()):
+                raise _Mismatch
+            return obj
+
+        return to, _identity
+
+    def _array(self, node: dict[str, Any], namespace: str) -> tuple[Convert, Convert]:
+        item_to, item_back = self.compile(node["items"], namespace)
+
+        def to(items: Any) -> list[Any]:
+            if type(items) is not list:
+                raise _Mismatch
+            try:
+                return [item_to(item) for item in items]
+            except _Coerced:
+                raise _Mismatch from None
+
+        def back(items: list[Any]) -> list[Any]:
+            return [item_back(item) for item in items]
+
+        return to, back
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _unresolved(value: Any) -> Any:  # pragma: no cover - replaced before use
+    raise AssertionError("schema reference used before its definition")
+
+
+def _to_string(value: Any) -> str:
+    if type(value) is str:
+        return value
+    if type(value) is int or type(value) is float:
+        raise _Coerced(_dumps(value))
+    raise _Mismatch
+
+
+def _to_long(value: Any) -> int:
+    if type(value) is int and _LONG_MIN <= value <= _LONG_MAX:
+        return value
+    raise _Mismatch
+
+
+def _to_double(value: Any) -> float:
+    if type(value) is float:
+        return value
+    raise _Mismatch
+
+
+def _to_boolean(value: Any) -> bool:
+    if type(value) is bool:
+        return value
+    raise _Mismatch
+
+
+_PRIMITIVE_CONVERTERS: Final[dict[str, Convert]] = {
+    "string": _to_string,
+    "long": _to_long,
+    "double": _to_double,
+    "boolean": _to_boolean,
+}

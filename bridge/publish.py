@@ -1,0 +1,132 @@
+"""Publish stage: the `Publisher` seam, with a Kafka implementation and an in-memory one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from bridge.errors import BrokerUnavailable, PublishError
+from bridge.routing import Headers
+from bridge.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where Kafka stored a record."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A record as the in-memory publisher keeps it."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers
+    partition: int
+    offset: int
+
+
+class Publisher(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self, timeout: float) -> None: ...
+
+    async def publish(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+    ) -> Delivery:
+        """Return once the record is acknowledged; raise PublishError otherwise."""
+        ...
+
+
+class KafkaPublisher:
+    """aiokafka producer with `acks=all`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        s = self._settings
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=s.kafka_client_id,
+            acks="all",
+            enable_idempotence=s.kafka_enable_idempotence,
+            linger_ms=s.kafka_linger_ms,
+            max_batch_size=s.kafka_max_batch_size,
+            request_timeout_ms=s.kafka_request_timeout_ms,
+        )
+        try:
+            async with asyncio.timeout(s.kafka_connect_timeout):
+                await producer.start()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await _bounded(producer.stop(), 2.0)
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {s.kafka_bootstrap_servers} "
+                f"(BRIDGE_KAFKA_BOOTSTRAP_SERVERS) within {s.kafka_connect_timeout:g}s: "
+                f"{type(exc).__name__}: {exc}".rstrip(": ")
+            ) from exc
+        self._producer = producer
+
+    async def stop(self, timeout: float) -> None:
+        if self._producer is not None:
+            # aiokafka's stop() flushes and can wait forever on a dead broker: bound it.
+            await _bounded(self._producer.stop(), timeout)
+            self._producer = None
+
+    async def publish(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+    ) -> Delivery:
+        if self._producer is None:
+            raise PublishError("publisher not started")
+        try:
+            meta = await self._producer.send_and_wait(topic, value, key=key, headers=headers)
+        except KafkaError as exc:
+            raise PublishError(f"{type(exc).__name__}: {exc}") from exc
+        return Delivery(meta.topic, meta.partition, meta.offset)
+
+
+class MemoryPublisher:
+    """Keeps records in memory, one partition per topic. For tests and dry runs."""
+
+    def __init__(self) -> None:
+        self.topics: dict[str, list[Message]] = defaultdict(list)
+        self.started = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self, timeout: float) -> None:  # noqa: ARG002 - nothing to flush
+        self.started = False
+
+    async def publish(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+    ) -> Delivery:
+        if not self.started:
+            raise PublishError("publisher not started")
+        log = self.topics[topic]
+        log.append(Message(topic, key, value, list(headers), 0, len(log)))
+        return Delivery(topic, 0, len(log) - 1)
+
+
+async def _bounded(awaitable: object, timeout: float) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await awaitable  # type: ignore[misc]
+    except TimeoutError:
+        logger.warning("gave up waiting after %.1fs", timeout)
+    except Exception:  # noqa: BLE001 - closing is best effort
+        logger.warning("error while closing", exc_info=True)

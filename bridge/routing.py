@@ -1,0 +1,50 @@
+"""Where a notification goes: its topic, key and headers. The contract with consumers."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from bridge.parse import TYPES, Notification
+from bridge.schemas import Schema
+
+DLQ: str = "dlq"
+
+Headers = list[tuple[str, bytes]]
+
+
+def topic_for(prefix: str, kind: str) -> str:
+    return f"{prefix}{kind}"
+
+
+def all_topics(prefix: str) -> list[str]:
+    return [topic_for(prefix, kind) for kind in (*TYPES, DLQ)]
+
+
+def timestamp(when: float) -> str:
+    """RFC 3339, UTC, milliseconds: the form of the `received-at` header."""
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def headers_for(notification: Notification, schema: Schema, received_at: float) -> Headers:
+    return [
+        ("event-id", notification.event_id.encode()),
+        ("notification-type", notification.type.encode()),
+        ("received-at", timestamp(received_at).encode()),
+        ("schema", schema.fullname.encode()),
+    ]
+
+
+def dead_letter_headers(
+    reason: str, detail: str, content_type: str, body: bytes, received_at: float
+) -> Headers:
+    return [
+        ("event-id", f"dlq:sha256:{hashlib.sha256(body).hexdigest()}".encode()),
+        ("notification-type", DLQ.encode()),
+        ("received-at", timestamp(received_at).encode()),
+        ("dlq-reason", reason.encode()),
+        ("dlq-detail", detail[:500].encode()),
+        ("content-type", content_type[:200].encode()),
+    ]

@@ -1,0 +1,140 @@
+"""`bridge tail`: read the topics and print each record, rebuilt as the vendor sent it."""
+
+from __future__ import annotations
+
+import base64
+import sys
+import time
+from dataclasses import dataclass
+from typing import IO, Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from bridge.encode import Codec
+from bridge.errors import InvalidNotification
+from bridge.mapping import Mapper
+from bridge.routing import DLQ, topic_for
+from bridge.schemas import Schema, load_schemas
+from bridge.settings import Settings
+
+
+@dataclass(frozen=True)
+class TailOptions:
+    types: tuple[str, ...]
+    case_id: str | None = None
+    from_beginning: bool = False
+    until_idle: float | None = None
+    format: str = "json"
+
+
+class Decoder:
+    """Turns a consumed record into the JSON document `bridge tail --format json` prints."""
+
+    def __init__(self, schemas: dict[str, Schema] | None = None) -> None:
+        schemas = schemas or load_schemas()
+        self._codec = Codec(schemas)
+        self._mappers: dict[str, Mapper] = {}
+
+    def _mapper(self, schema: Schema) -> Mapper:
+        mapper = self._mappers.get(schema.fullname)
+        if mapper is None or mapper.schema.fingerprint != schema.fingerprint:
+            mapper = self._mappers[schema.fullname] = Mapper(schema)
+        return mapper
+
+    def document(self, message: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+        headers = {k: v.decode("utf-8", "replace") for k, v in message.headers}
+        doc: dict[str, Any] = {
+            "topic": message.topic,
+            "partition": message.partition,
+            "offset": message.offset,
+            "key": None if message.key is None else message.key.decode("utf-8", "replace"),
+            "headers": headers,
+        }
+        value: bytes = message.value or b""
+        if headers.get("notification-type") == DLQ:
+            doc["notification"] = None
+            try:
+                doc["raw"], doc["raw_encoding"] = value.decode(), "utf-8"
+            except UnicodeDecodeError:
+                doc["raw"], doc["raw_encoding"] = base64.b64encode(value).decode(), "base64"
+            return doc
+        try:
+            schema, record = self._codec.decode(value)
+        except InvalidNotification as exc:
+            doc["notification"] = None
+            doc["error"] = str(exc)
+            return doc
+        doc["notification"] = self._mapper(schema).to_notification(record)
+        return doc
+
+
+def pretty(doc: dict[str, Any]) -> str:
+    """One readable timeline line per record."""
+    headers = doc["headers"]
+    kind = headers.get("notification-type", "?")
+    n = doc.get("notification") or {}
+    section = n.get(kind) if isinstance(n.get(kind), dict) else {}
+    facts: list[tuple[str, Any]]
+    if kind == "call":
+        facts = [(k, section.get(k)) for k in ("intention", "hangup_type", "talk_round")]
+        facts.append(("started", section.get("call_start_time")))
+    elif kind == "waba_template":
+        facts = [(k, section.get(k)) for k in ("status", "waba_template_name", "send_time")]
+    elif kind == "chatbot":
+        facts = [(k, section.get(k)) for k in ("session_end_reason", "status", "intention")]
+        facts.append(("messages", len(section.get("messages") or [])))
+    else:
+        facts = [("reason", headers.get("dlq-reason")), ("detail", headers.get("dlq-detail"))]
+    shown = "  ".join(f"{k}={v}" for k, v in facts if v not in (None, ""))
+    where = f"{doc['topic']}/{doc['partition']}@{doc['offset']}"
+    return f"{headers.get('received-at', '?'):24}  {kind:13}  case={doc['key']}  {shown}  [{where}]"
+
+
+async def tail(settings: Settings, options: TailOptions, out: IO[str] = sys.stdout) -> int:
+    """Print the records; return how many were printed."""
+    decoder = Decoder()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.kafka_client_id}-tail",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    printed = 0
+    try:
+        # Assigning partitions (no consumer group) starts at once and never moves offsets.
+        available = await consumer.topics()
+        partitions = []
+        for kind in options.types:
+            topic = topic_for(settings.topic_prefix, kind)
+            if topic not in available:
+                print(f"bridge tail: topic {topic} does not exist (yet)", file=sys.stderr)
+                continue
+            ids = consumer.partitions_for_topic(topic) or set()
+            partitions.extend(TopicPartition(topic, p) for p in sorted(ids))
+        if not partitions:
+            return 0
+        consumer.assign(partitions)
+        if options.from_beginning:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            await consumer.seek_to_end(*partitions)
+        key = options.case_id.encode() if options.case_id is not None else None
+        last = time.monotonic()
+        while True:
+            batch = await consumer.getmany(timeout_ms=200)
+            for messages in batch.values():
+                for message in messages:
+                    if key is not None and message.key != key:
+                        continue
+                    doc = decoder.document(message)
+                    line = pretty(doc) if options.format == "pretty" else orjson.dumps(doc).decode()
+                    print(line, file=out, flush=True)
+                    printed += 1
+            if batch:
+                last = time.monotonic()
+            elif options.until_idle is not None and time.monotonic() - last >= options.until_idle:
+                return printed
+    finally:
+        await consumer.stop()
