@@ -33,9 +33,7 @@ class _BodyTooLarge(BridgeError):
     status = 413
 
 
-def create_app(
-    settings: Settings | None = None, publisher: Publisher | None = None
-) -> Starlette:
+def create_app(settings: Settings | None = None, publisher: Publisher | None = None) -> Starlette:
     """Build the service. Settings default to the `BRIDGE_*` environment."""
     settings = settings or load_settings()
     publisher = publisher or KafkaPublisher(settings)

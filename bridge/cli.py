@@ -138,7 +138,11 @@ def _dev(args: argparse.Namespace) -> int:
         if settings.port == 0:
             os.environ["BRIDGE_PORT"] = str(free_port())
         settings = load_settings()
-        asyncio.run(create_topics(broker.bootstrap_servers, all_topics(settings.topic_prefix), args.partitions))
+        asyncio.run(
+            create_topics(
+                broker.bootstrap_servers, all_topics(settings.topic_prefix), args.partitions
+            )
+        )
         url = f"http://{settings.host}:{settings.port}{WEBHOOK_PATH}"
         print(_banner(settings, broker, url), flush=True)
         with contextlib.suppress(KeyboardInterrupt):
@@ -152,12 +156,14 @@ def _banner(settings: Settings, broker: EmbeddedBroker, url: str) -> str:
     return "\n".join(
         [
             "",
-            f"  embedded Kafka broker  {broker.bootstrap_servers}  (in memory; log: {broker.log_path})",
+            f"  embedded Kafka broker  {broker.bootstrap_servers}  (in memory)",
+            f"  broker log             {broker.log_path}",
             f"  topics                 {', '.join(all_topics(settings.topic_prefix))}",
             f"  webhook URL            {url}",
             "",
             "  post the vendor's example:",
-            f"    curl -sS -X POST -H 'Content-Type: application/json' --data-binary @{sample} {url}",
+            "    curl -sS -X POST -H 'Content-Type: application/json' \\",
+            f"      --data-binary @{sample} {url}",
             "",
             "  then read the case's history:",
             f"    {env} .venv/bin/bridge tail --case-id 12345.0 --from-beginning --until-idle 2",

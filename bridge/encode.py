@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from fastavro import schemaless_reader, schemaless_writer
 
@@ -47,4 +47,4 @@ class Codec:
             return_record_name=True,
             return_record_name_override=True,
         )
-        return schema, record
+        return schema, cast("dict[str, Any]", record)

@@ -1,11 +1,11 @@
 """The one exception tree of bridge.
 
-    BridgeError                  status, retriable
-     +-- ConfigError             bad settings; start refused
-     +-- InvalidNotification     the body cannot be typed; goes to the dead-letter topic
-     +-- PublishError            Kafka did not acknowledge; retriable, answered 503
-     |    +-- PublishTimeout     no acknowledgement within the ack budget
-     +-- BrokerUnavailable       Kafka cannot be reached at start
+BridgeError                  status, retriable
+ +-- ConfigError             bad settings; start refused
+ +-- InvalidNotification     the body cannot be typed; goes to the dead-letter topic
+ +-- PublishError            Kafka did not acknowledge; retriable, answered 503
+ |    +-- PublishTimeout     no acknowledgement within the ack budget
+ +-- BrokerUnavailable       Kafka cannot be reached at start
 """
 
 from __future__ import annotations

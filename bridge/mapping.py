@@ -29,11 +29,11 @@ _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 Convert = Callable[[Any], Any]
 
 
-class _Mismatch(Exception):  # noqa: N818 - control flow inside this module, never escapes
+class _Mismatch(Exception):
     """The value does not fit the typed field."""
 
 
-class _Coerced(Exception):  # noqa: N818
+class _Coerced(Exception):
     """The value fits after a conversion; the original is kept in `unmapped` too."""
 
     def __init__(self, value: Any) -> None:
@@ -65,7 +65,7 @@ class _Compiler:
     def __init__(self) -> None:
         self._named: dict[str, tuple[Convert, Convert]] = {}
 
-    def compile(self, node: Any, namespace: str) -> tuple[Convert, Convert]:  # noqa: PLR0911
+    def compile(self, node: Any, namespace: str) -> tuple[Convert, Convert]:
         if isinstance(node, str):
             return self._primitive_or_reference(node, namespace)
         if isinstance(node, list):
@@ -88,7 +88,14 @@ class _Compiler:
         fullname = name if "." in name else f"{namespace}.{name}"
         # Looked up at call time, so recursive types (a message replying to a message) work.
         named = self._named
-        return (lambda v: named[fullname][0](v)), (lambda v: named[fullname][1](v))
+
+        def to(value: Any) -> Any:
+            return named[fullname][0](value)
+
+        def back(value: Any) -> Any:
+            return named[fullname][1](value)
+
+        return to, back
 
     def _record(self, node: dict[str, Any], namespace: str) -> tuple[Convert, Convert]:
         fullname = node["name"] if "." in node["name"] else f"{namespace}.{node['name']}"
@@ -99,41 +106,12 @@ class _Compiler:
             for f in node["fields"]
             if f["name"] != UNMAPPED
         }
-        to_fields = {name: pair[0] for name, pair in fields.items()}
-        back_fields = tuple((name, pair[1]) for name, pair in fields.items())
-
-        def to(obj: Any) -> dict[str, Any]:
-            if type(obj) is not dict:
-                raise _Mismatch
-            out: dict[str, Any] = {}
-            unmapped: dict[str, str] = {}
-            for key, value in obj.items():
-                convert = to_fields.get(key)
-                if convert is None:
-                    unmapped[key] = _dumps(value)
-                    continue
-                try:
-                    out[key] = convert(value)
-                except _Coerced as coerced:
-                    out[key] = coerced.value
-                    unmapped[key] = _dumps(value)
-                except _Mismatch:
-                    unmapped[key] = _dumps(value)
-            out[UNMAPPED] = unmapped
-            return out
-
-        def back(record: dict[str, Any]) -> dict[str, Any]:
-            obj: dict[str, Any] = {}
-            for name, convert in back_fields:
-                value = record.get(name)
-                if value is not None:
-                    obj[name] = convert(value)
-            for key, text in (record.get(UNMAPPED) or {}).items():
-                obj[key] = orjson.loads(text)
-            return obj
-
-        self._named[fullname] = (to, back)
-        return to, back
+        pair = _record_converters(
+            {name: to for name, (to, _) in fields.items()},
+            tuple((name, back) for name, (_, back) in fields.items()),
+        )
+        self._named[fullname] = pair
+        return pair
 
     def _union(self, branches: list[Any], namespace: str) -> tuple[Convert, Convert]:
         others = [b for b in branches if b != "null"]
@@ -150,13 +128,12 @@ class _Compiler:
             if not (isinstance(branch, dict) and branch.get("type") == "record"):
                 raise TypeError("only unions of records (with x-types) are supported")
             name = branch["name"] if "." in branch["name"] else f"{namespace}.{branch['name']}"
-            to, back = self.compile(branch, namespace)
-            back_by_name[name] = back
+            branch_to, back_by_name[name] = self.compile(branch, namespace)
             for tag in branch["x-types"]:
                 if tag == "*":
-                    fallback = (name, to)
+                    fallback = (name, branch_to)
                 else:
-                    by_type[tag] = (name, to)
+                    by_type[tag] = (name, branch_to)
         if fallback is None:
             raise TypeError("a union of records needs one branch with x-types ['*']")
         default = fallback
@@ -175,7 +152,7 @@ class _Compiler:
 
         return to, back
 
-    def _map(self, node: dict[str, Any], namespace: str) -> tuple[Convert, Convert]:
+    def _map(self, node: dict[str, Any], _namespace: str) -> tuple[Convert, Convert]:
         if node["values"] != "string":
             raise TypeError("only maps of strings are supported")  # pragma: no cover
 
@@ -203,11 +180,47 @@ class _Compiler:
         return to, back
 
 
+def _record_converters(  # noqa: C901 - one flat loop: this is the hot path
+    to_fields: dict[str, Convert], back_fields: tuple[tuple[str, Convert], ...]
+) -> tuple[Convert, Convert]:
+    def to(obj: Any) -> dict[str, Any]:
+        if type(obj) is not dict:
+            raise _Mismatch
+        out: dict[str, Any] = {}
+        unmapped: dict[str, str] = {}
+        for key, value in obj.items():
+            convert = to_fields.get(key)
+            if convert is None:
+                unmapped[key] = _dumps(value)
+                continue
+            try:
+                out[key] = convert(value)
+            except _Coerced as coerced:
+                out[key] = coerced.value
+                unmapped[key] = _dumps(value)
+            except _Mismatch:
+                unmapped[key] = _dumps(value)
+        out[UNMAPPED] = unmapped
+        return out
+
+    def back(record: dict[str, Any]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for name, convert in back_fields:
+            value = record.get(name)
+            if value is not None:
+                obj[name] = convert(value)
+        for key, text in (record.get(UNMAPPED) or {}).items():
+            obj[key] = orjson.loads(text)
+        return obj
+
+    return to, back
+
+
 def _identity(value: Any) -> Any:
     return value
 
 
-def _unresolved(value: Any) -> Any:  # pragma: no cover - replaced before use
+def _unresolved(_: Any) -> Any:  # pragma: no cover - replaced before use
     raise AssertionError("schema reference used before its definition")
 
 

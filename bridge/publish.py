@@ -128,5 +128,5 @@ async def _bounded(awaitable: object, timeout: float) -> None:
             await awaitable  # type: ignore[misc]
     except TimeoutError:
         logger.warning("gave up waiting after %.1fs", timeout)
-    except Exception:  # noqa: BLE001 - closing is best effort
+    except Exception:
         logger.warning("error while closing", exc_info=True)

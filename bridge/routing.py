@@ -23,8 +23,8 @@ def all_topics(prefix: str) -> list[str]:
 
 def timestamp(when: float) -> str:
     """RFC 3339, UTC, milliseconds: the form of the `received-at` header."""
-    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 from fastavro import parse_schema
@@ -67,7 +67,7 @@ def build(fullname: str, definitions: dict[str, dict[str, Any]]) -> Schema:
     return Schema(
         fullname=fullname,
         definition=expanded,
-        parsed=parse_schema(copy.deepcopy(expanded)),
+        parsed=cast("dict[str, Any]", parse_schema(copy.deepcopy(expanded))),
         canonical=canonical,
         fingerprint=bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")),
     )
@@ -100,6 +100,12 @@ def _expand(node: Any, definitions: dict[str, Any], defined: set[str], namespace
         return [_expand(item, definitions, defined, namespace) for item in node]
     if not isinstance(node, dict):
         return node
+    return _expand_complex(node, definitions, defined, namespace)
+
+
+def _expand_complex(
+    node: dict[str, Any], definitions: dict[str, Any], defined: set[str], namespace: str
+) -> dict[str, Any]:
     out = dict(node)
     kind = node.get("type")
     if kind in {"record", "enum", "fixed"}:

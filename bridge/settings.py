@@ -52,7 +52,9 @@ class Settings(BaseSettings):
         description="Seconds a request waits for Kafka's acknowledgement (the vendor waits 10).",
     )
     retry_after: int = Field(
-        60, ge=1, description="Seconds sent in `Retry-After` with a 503 (the vendor retries each minute)."
+        60,
+        ge=1,
+        description="Seconds sent in `Retry-After` with a 503 (the vendor retries each minute).",
     )
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest request body accepted, bytes."

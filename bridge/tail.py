@@ -73,8 +73,9 @@ def pretty(doc: dict[str, Any]) -> str:
     """One readable timeline line per record."""
     headers = doc["headers"]
     kind = headers.get("notification-type", "?")
-    n = doc.get("notification") or {}
-    section = n.get(kind) if isinstance(n.get(kind), dict) else {}
+    notification: dict[str, Any] = doc.get("notification") or {}
+    found = notification.get(kind)
+    section: dict[str, Any] = found if isinstance(found, dict) else {}
     facts: list[tuple[str, Any]]
     if kind == "call":
         facts = [(k, section.get(k)) for k in ("intention", "hangup_type", "talk_round")]
@@ -91,6 +92,18 @@ def pretty(doc: dict[str, Any]) -> str:
     return f"{headers.get('received-at', '?'):24}  {kind:13}  case={doc['key']}  {shown}  [{where}]"
 
 
+async def _partitions(consumer: AIOKafkaConsumer, topics: list[str]) -> list[TopicPartition]:
+    available = await consumer.topics()
+    partitions: list[TopicPartition] = []
+    for topic in topics:
+        if topic not in available:
+            print(f"bridge tail: topic {topic} does not exist (yet)", file=sys.stderr)
+            continue
+        ids = consumer.partitions_for_topic(topic) or set()
+        partitions.extend(TopicPartition(topic, p) for p in sorted(ids))
+    return partitions
+
+
 async def tail(settings: Settings, options: TailOptions, out: IO[str] = sys.stdout) -> int:
     """Print the records; return how many were printed."""
     decoder = Decoder()
@@ -104,15 +117,9 @@ async def tail(settings: Settings, options: TailOptions, out: IO[str] = sys.stdo
     printed = 0
     try:
         # Assigning partitions (no consumer group) starts at once and never moves offsets.
-        available = await consumer.topics()
-        partitions = []
-        for kind in options.types:
-            topic = topic_for(settings.topic_prefix, kind)
-            if topic not in available:
-                print(f"bridge tail: topic {topic} does not exist (yet)", file=sys.stderr)
-                continue
-            ids = consumer.partitions_for_topic(topic) or set()
-            partitions.extend(TopicPartition(topic, p) for p in sorted(ids))
+        partitions = await _partitions(
+            consumer, [topic_for(settings.topic_prefix, kind) for kind in options.types]
+        )
         if not partitions:
             return 0
         consumer.assign(partitions)
