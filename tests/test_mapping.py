@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import copy
+import io
+from typing import Any
+
+import fastavro
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.mapping import UNMAPPED, Mapper
+from bridge.schemas import load_schemas
+from tests.conftest import sample
+
+SCHEMAS = load_schemas()
+MAPPERS = {kind: Mapper(schema) for kind, schema in SCHEMAS.items()}
+KINDS = sorted(SCHEMAS)
+
+
+def through_avro(kind: str, notification: dict[str, Any]) -> dict[str, Any]:
+    """Map, write as Avro bytes, read back, rebuild: what a consumer gets."""
+    schema = SCHEMAS[kind].parsed
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, schema, MAPPERS[kind].to_record(notification))
+    buffer.seek(0)
+    record = fastavro.schemaless_reader(
+        buffer, schema, None, return_record_name=True, return_record_name_override=True
+    )
+    return MAPPERS[kind].to_notification(record)
+
+
+def all_unmapped(node: Any) -> list[dict[str, str]]:
+    found = []
+    if isinstance(node, tuple):
+        node = node[1]
+    if isinstance(node, dict):
+        if node.get(UNMAPPED):
+            found.append(node[UNMAPPED])
+        for key, value in node.items():
+            if key != UNMAPPED:
+                found.extend(all_unmapped(value))
+    elif isinstance(node, list):
+        for item in node:
+            found.extend(all_unmapped(item))
+    return found
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_vendor_examples_round_trip(kind: str) -> None:
+    assert through_avro(kind, sample(kind)) == sample(kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_field_of_the_vendor_example_has_a_typed_home(kind: str) -> None:
+    # The full example carries all three sections; each type's schema types all of it.
+    record = MAPPERS[kind].to_record(sample("call"))
+    assert all_unmapped(record) == []
+
+
+def test_typed_fields_are_real_avro_fields() -> None:
+    record = MAPPERS["call"].to_record(sample("call"))
+    assert record["call"]["call_id"] == "817377d194xxxxxxxxc8ad463bc81d996a"
+    assert record["call"]["asr_result"][0]["text"] == "no no no no no"
+    assert record["call"]["ner_slots"] == {"item_name": "da", "receivetime": "2"}
+    assert record["custom_attribute"] == {"a": "1", "b": "2"}
+    chat = MAPPERS["chatbot"].to_record(sample("chatbot"))["chatbot"]
+    assert chat["messages"][0]["sender_type"] == "system"
+    assert chat["variables"]["project"] == "voicebot"
+
+
+def test_chat_message_content_is_a_union_chosen_by_type() -> None:
+    messages = MAPPERS["chatbot"].to_record(sample("chatbot"))["chatbot"]["messages"]
+    branches = [m["content"][0].rpartition(".")[2] for m in messages]
+    assert branches == [
+        "SystemContent",
+        "TemplateContent",
+        "ButtonContent",
+        "TextContent",
+        "MediaContent",
+        "MediaContent",
+        "InteractiveContent",
+        "InteractiveContent",
+        "InteractiveContent",
+        "InteractiveContent",
+        "LocationContent",
+        "ContactsContent",
+        "SystemContent",
+        "TextContent",
+        "TextContent",
+        "SystemContent",
+    ]
+    location = messages[10]["content"][1]["location"]
+    assert location["latitude"] == pytest.approx(31.178762435913)
+    reply = messages[2]["reply"]
+    assert reply["content"][1]["template"]["info"]["name"] == "opt_out_02_27_english"
+
+
+def test_an_unknown_content_type_goes_to_other_content_and_round_trips() -> None:
+    data = sample("chatbot")
+    data["chatbot"]["messages"] = [
+        {"msg_id": "1", "content": {"type": "sticker_pack", "pack": {"id": 7}}},
+        {"msg_id": "2", "content": {"text": "no type at all"}},
+        {"msg_id": "3", "content": "just a string"},
+    ]
+    record = MAPPERS["chatbot"].to_record(data)
+    first = record["chatbot"]["messages"][0]["content"]
+    assert first[0] == "airudder.OtherContent"
+    assert first[1][UNMAPPED] == {"pack": '{"id":7}'}
+    assert through_avro("chatbot", data) == data
+
+
+def test_a_value_of_another_type_is_kept_in_unmapped() -> None:
+    data = sample("call")
+    data["call"]["slots"] = {"amount": 100, "date": None}
+    data["call"]["talk_round"] = "3"
+    data["timestamp"] = 1.5
+    record = MAPPERS["call"].to_record(data)
+    assert record["call"].get("slots") is None
+    assert record["call"][UNMAPPED] == {"slots": '{"amount":100,"date":null}', "talk_round": '"3"'}
+    assert record[UNMAPPED] == {"timestamp": "1.5"}
+    assert through_avro("call", data) == data
+
+
+def test_a_number_where_a_string_is_expected_is_typed_and_kept_exactly() -> None:
+    data = sample("call")
+    data["callee"]["case_id"] = 12345
+    record = MAPPERS["call"].to_record(data)
+    assert record["callee"]["case_id"] == "12345"
+    assert record["callee"][UNMAPPED] == {"case_id": "12345"}
+    assert through_avro("call", data) == data
+
+
+def test_null_and_absent_are_told_apart() -> None:
+    data = sample("call")
+    data["call"]["asr_ptp"] = None
+    del data["call"]["intention"]
+    rebuilt = through_avro("call", data)
+    assert rebuilt["call"]["asr_ptp"] is None
+    assert "intention" not in rebuilt["call"]
+
+
+def test_unknown_members_at_any_depth_round_trip() -> None:
+    data = sample("call")
+    data["new_top"] = [1, {"x": True}]
+    data["call"]["asr_result"][0]["confidence"] = 0.93
+    data["callee"]["extend"]["variables"]["n"] = 5  # a map that no longer fits: kept whole
+    data["unmapped"] = "a vendor field that happens to share our name"
+    assert through_avro("call", data) == data
+
+
+# --- property: random additions, removals and type changes round-trip unchanged -------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found.extend(paths(value, (*prefix, key)))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found.extend(paths(value, (*prefix, index)))
+    return found
+
+
+def at(node: Any, path: tuple[Any, ...]) -> Any:
+    for step in path:
+        node = node[step]
+    return node
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    kind = draw(st.sampled_from(KINDS))
+    data = copy.deepcopy(sample(draw(st.sampled_from(["call", kind]))))
+    for _ in range(draw(st.integers(1, 6))):
+        path = draw(st.sampled_from(paths(data)[1:]))
+        parent, last = at(data, path[:-1]), path[-1]
+        operation = draw(st.sampled_from(["add", "remove", "replace"]))
+        if operation == "add" and isinstance(at(data, path), dict):
+            at(data, path)[draw(st.text(max_size=12))] = draw(json_values)
+        elif operation == "remove":
+            del parent[last]
+        else:
+            parent[last] = draw(json_values)
+    return kind, data
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated())
+def test_random_changes_to_the_example_round_trip_unchanged(
+    case: tuple[str, dict[str, Any]],
+) -> None:
+    kind, data = case
+    assert through_avro(kind, data) == data
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(max_size=10), json_values, max_size=6), st.sampled_from(KINDS))
+def test_any_json_object_round_trips(data: dict[str, Any], kind: str) -> None:
+    assert through_avro(kind, data) == data

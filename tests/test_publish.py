@@ -1,0 +1,84 @@
+"""One contract, two implementations: the in-memory publisher and the Kafka one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from bridge.broker import free_port
+from bridge.errors import BrokerUnavailable, PublishError
+from bridge.publish import KafkaPublisher, MemoryPublisher, Publisher
+from bridge.settings import Settings, load_settings
+from tests.conftest import consume
+
+Record = tuple[bytes | None, bytes, dict[str, bytes]]
+
+
+@dataclass
+class Subject:
+    publisher: Publisher
+    topic: str
+    read: Callable[[], Awaitable[list[Record]]]
+
+
+@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
+async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
+    if request.param == "memory":
+        memory = MemoryPublisher()
+        topic = "contract"
+
+        async def read_memory() -> list[Record]:
+            return [(m.key, m.value, dict(m.headers)) for m in memory.topics[topic]]
+
+        await memory.start()
+        yield Subject(memory, topic, read_memory)
+        await memory.stop(1)
+        return
+    settings: Settings = request.getfixturevalue("kafka_settings")
+    kafka = KafkaPublisher(settings)
+    topic = f"{settings.topic_prefix}call"
+
+    async def read_kafka() -> list[Record]:
+        records = await consume(settings.kafka_bootstrap_servers, [topic])
+        return [(r.key, r.value, dict(r.headers)) for r in records]
+
+    await kafka.start()
+    yield Subject(kafka, topic, read_kafka)
+    await kafka.stop(5)
+
+
+async def test_publish_returns_where_the_record_was_stored(subject: Subject) -> None:
+    first = await subject.publisher.publish(subject.topic, b"case-1", b"v1", [("h", b"1")])
+    second = await subject.publisher.publish(subject.topic, b"case-1", b"v2", [])
+    assert first.topic == second.topic == subject.topic
+    assert first.partition == second.partition  # same key, same partition
+    assert second.offset == first.offset + 1
+
+
+async def test_published_records_are_read_back_with_key_and_headers(subject: Subject) -> None:
+    await subject.publisher.publish(subject.topic, b"case-2", b"value", [("event-id", b"e1")])
+    await subject.publisher.publish(subject.topic, None, b"no key", [])
+    assert await subject.read() == [
+        (b"case-2", b"value", {"event-id": b"e1"}),
+        (None, b"no key", {}),
+    ]
+
+
+async def test_publish_after_stop_is_a_publish_error(subject: Subject) -> None:
+    await subject.publisher.stop(5)
+    with pytest.raises(PublishError):
+        await subject.publisher.publish(subject.topic, b"k", b"v", [])
+
+
+async def test_an_unreachable_broker_is_reported_at_start_in_bounded_time() -> None:
+    settings = load_settings(
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",  # nothing listens there
+        kafka_connect_timeout=1.5,
+    )
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(BrokerUnavailable, match="BRIDGE_KAFKA_BOOTSTRAP_SERVERS"):
+        await KafkaPublisher(settings).start()
+    assert asyncio.get_running_loop().time() - started < 5

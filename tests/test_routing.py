@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import re
+
+from bridge.parse import parse_notification
+from bridge.routing import all_topics, dead_letter_headers, headers_for, timestamp, topic_for
+from bridge.schemas import load_schemas
+from tests.conftest import sample_bytes
+
+
+def test_one_topic_per_type_and_a_dead_letter_topic() -> None:
+    assert topic_for("airudder.", "call") == "airudder.call"
+    assert all_topics("x-") == ["x-call", "x-waba_template", "x-chatbot", "x-dlq"]
+
+
+def test_received_at_is_rfc3339_utc_with_milliseconds() -> None:
+    assert timestamp(0) == "1970-01-01T00:00:00.000Z"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", timestamp(1744699269.1234))
+
+
+def test_headers_carry_event_id_type_time_and_schema() -> None:
+    notification = parse_notification(sample_bytes("waba_template"))
+    headers = dict(headers_for(notification, load_schemas()["waba_template"], 0))
+    assert headers == {
+        "event-id": b"waba_template:f4d594881abxxxxxxxxxx029e63f055:delivery",
+        "notification-type": b"waba_template",
+        "received-at": b"1970-01-01T00:00:00.000Z",
+        "schema": b"airudder.WabaTemplateNotification",
+    }
+
+
+def test_dead_letters_carry_their_reason_and_a_content_hash_id() -> None:
+    first = dict(dead_letter_headers("not-json", "x" * 900, "text/plain", b"body", 0))
+    again = dict(dead_letter_headers("not-json", "", "", b"body", 5))
+    assert first["dlq-reason"] == b"not-json"
+    assert len(first["dlq-detail"]) == 500
+    assert first["event-id"] == again["event-id"]
+    assert first["event-id"].startswith(b"dlq:sha256:")

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bridge.errors import ConfigError
+from bridge.mapping import UNMAPPED
+from bridge.schemas import RECORD_NAMES, default_schema_dir, load_schemas, read_definitions
+
+SCHEMAS = load_schemas()
+
+
+def records(node: Any) -> list[dict[str, Any]]:
+    found = []
+    if isinstance(node, dict):
+        if node.get("type") == "record":
+            found.append(node)
+        for value in node.values():
+            found.extend(records(value))
+    elif isinstance(node, list):
+        for item in node:
+            found.extend(records(item))
+    return found
+
+
+@pytest.mark.parametrize("kind", sorted(RECORD_NAMES))
+def test_every_record_documents_its_fields_and_keeps_what_does_not_fit(kind: str) -> None:
+    for record in records(SCHEMAS[kind].definition):
+        assert record.get("doc"), record["name"]
+        names = [f["name"] for f in record["fields"]]
+        assert names[-1] == UNMAPPED, record["name"]
+        assert len(names) == len(set(names)), record["name"]
+        for field in record["fields"]:
+            assert field.get("doc"), f"{record['name']}.{field['name']}"
+            assert "default" in field, f"{record['name']}.{field['name']} needs a default"
+
+
+def test_the_three_types_share_the_envelope() -> None:
+    shapes = {
+        kind: [(f["name"], orjson.dumps(f["type"])) for f in SCHEMAS[kind].definition["fields"]]
+        for kind in RECORD_NAMES
+    }
+    assert shapes["call"] == shapes["waba_template"] == shapes["chatbot"]
+    assert len({s.fingerprint for s in SCHEMAS.values()}) == 3  # yet distinct records
+
+
+def test_named_types_are_defined_once_and_shared() -> None:
+    chatbot = SCHEMAS["chatbot"].definition
+    names = [r["name"] for r in records(chatbot)]
+    assert len(names) == len(set(names))
+    assert "airudder.Callee" in names
+    assert "airudder.ChatMessage" in names
+
+
+def test_the_packaged_schema_directory_is_the_repository_avro_folder() -> None:
+    assert default_schema_dir().resolve() == (Path(__file__).parent.parent / "avro").resolve()
+
+
+def test_a_misnamed_schema_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "airudder.Wrong.avsc").write_text(
+        '{"type": "record", "name": "Right", "namespace": "airudder", "fields": []}'
+    )
+    with pytest.raises(ConfigError, match=r"name the file airudder\.Right\.avsc"):
+        read_definitions(tmp_path)
+
+
+def test_missing_schemas_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="schemas missing"):
+        load_schemas(tmp_path)
