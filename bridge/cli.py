@@ -9,7 +9,7 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -114,8 +114,18 @@ async def _check_kafka(settings: Settings) -> None:
     await publisher.stop(timeout=5.0)
 
 
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            # SIGTERM/SIGINT asked for a graceful stop, which is done: exit 0 instead of
+            # re-raising the signal as uvicorn does (orchestrators read that as a crash).
+            self._captured_signals.clear()
+
+
 def _run_server(settings: Settings) -> None:
-    uvicorn.run(
+    config = uvicorn.Config(
         "bridge.app:create_app",
         factory=True,
         host=settings.host,
@@ -126,6 +136,7 @@ def _run_server(settings: Settings) -> None:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
+    _Server(config).run()
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -145,8 +156,7 @@ def _dev(args: argparse.Namespace) -> int:
         )
         url = f"http://{settings.host}:{settings.port}{WEBHOOK_PATH}"
         print(_banner(settings, broker, url), flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            _run_server(settings)
+        _run_server(settings)
     return 0
 
 

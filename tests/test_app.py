@@ -1,0 +1,138 @@
+"""The HTTP contract, with the in-memory publisher (the Kafka path is in test_kafka.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from starlette.testclient import TestClient
+
+from bridge.app import WEBHOOK_PATH, create_app
+from bridge.encode import Codec
+from bridge.mapping import Mapper
+from bridge.publish import Delivery, MemoryPublisher
+from bridge.routing import Headers
+from bridge.schemas import load_schemas
+from bridge.settings import load_settings
+from tests.conftest import sample, sample_bytes
+
+SCHEMAS = load_schemas()
+
+
+class StalledPublisher(MemoryPublisher):
+    """A broker that never acknowledges."""
+
+    async def publish(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+    ) -> Delivery:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def publisher() -> MemoryPublisher:
+    return MemoryPublisher()
+
+
+@pytest.fixture
+def client(publisher: MemoryPublisher) -> Iterator[TestClient]:
+    app = create_app(load_settings(topic_prefix="test."), publisher)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize("kind", ["call", "waba_template", "chatbot"])
+def test_a_notification_is_stored_in_its_topic_keyed_by_case_id(
+    client: TestClient, publisher: MemoryPublisher, kind: str
+) -> None:
+    response = client.post(
+        WEBHOOK_PATH, content=sample_bytes(kind), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200
+    assert response.content == b"{}"
+    assert response.headers["content-type"] == "application/json"
+    [message] = publisher.topics[f"test.{kind}"]
+    assert message.key == b"12345.0"
+    schema, record = Codec(SCHEMAS).decode(message.value)
+    assert Mapper(schema).to_notification(record) == sample(kind)
+    assert dict(message.headers)["notification-type"] == kind.encode()
+
+
+def test_a_numeric_case_id_becomes_its_text_as_key(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    data = sample("call")
+    data["callee"]["case_id"] = 12345
+    assert client.post(WEBHOOK_PATH, content=orjson.dumps(data)).status_code == 200
+    assert publisher.topics["test.call"][0].key == b"12345"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "key"),
+    [
+        (b"{not json", b"not-json", None),
+        (b'{"type": "sms", "callee": {"case_id": "c1"}}', b"unknown-type", b"c1"),
+        (b'{"type": "call", "callee": {}}', b"missing-case-id", None),
+        (b"\x00\xff binary", b"not-json", None),
+    ],
+)
+def test_what_cannot_be_typed_goes_to_the_dead_letter_topic_and_is_answered_2xx(
+    client: TestClient,
+    publisher: MemoryPublisher,
+    body: bytes,
+    reason: bytes,
+    key: bytes | None,
+) -> None:
+    response = client.post(WEBHOOK_PATH, content=body, headers={"content-type": "text/plain"})
+    assert response.status_code == 200
+    [message] = publisher.topics["test.dlq"]
+    assert message.value == body
+    assert message.key == key
+    headers = dict(message.headers)
+    assert headers["dlq-reason"] == reason
+    assert headers["content-type"] == b"text/plain"
+    assert not publisher.topics["test.call"]
+
+
+def test_a_body_over_the_limit_is_refused_with_413(
+    client: TestClient, publisher: MemoryPublisher
+) -> None:
+    big = b'{"pad": "' + b"x" * (1024 * 1024) + b'"}'
+    assert client.post(WEBHOOK_PATH, content=big).status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds while streaming
+        for _ in range(2000):
+            yield b"x" * 1024
+
+    assert client.post(WEBHOOK_PATH, content=chunks()).status_code == 413
+    assert not publisher.topics
+
+
+def test_only_post_is_accepted(client: TestClient) -> None:
+    assert client.get(WEBHOOK_PATH).status_code == 405
+
+
+def test_no_acknowledgement_within_the_budget_is_503_with_retry_after() -> None:
+    settings = load_settings(ack_timeout=0.3, retry_after=60)
+    with TestClient(create_app(settings, StalledPublisher())) as client:
+        started = time.monotonic()
+        response = client.post(WEBHOOK_PATH, content=sample_bytes())
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "60"
+    assert "acknowledgement" in response.json()["error"]
+    assert elapsed < 2
+
+
+def test_health(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+
+
+def test_the_lifespan_starts_and_stops_the_publisher(publisher: MemoryPublisher) -> None:
+    with TestClient(create_app(load_settings(), publisher)):
+        assert publisher.started
+    assert not publisher.started

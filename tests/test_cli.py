@@ -1,0 +1,176 @@
+"""The `bridge` command as a user runs it: real processes, real broker."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import orjson
+import pytest
+
+from bridge import __version__
+from bridge.broker import EmbeddedBroker, free_port
+from bridge.settings import Settings
+from tests.conftest import sample, sample_bytes
+
+BRIDGE = [sys.executable, "-m", "bridge"]
+
+
+def environment(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(values)
+    return env
+
+
+def wait_for_port(port: int, process: subprocess.Popen[str], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"exited early: {process.communicate()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            time.sleep(0.1)
+        else:
+            return
+    pytest.fail(f"nothing listened on {port}")
+
+
+def run(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BRIDGE, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture
+def serving(kafka_settings: Settings) -> Iterator[tuple[Settings, dict[str, str]]]:
+    env = environment(
+        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=kafka_settings.kafka_bootstrap_servers,
+        BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false",
+        BRIDGE_TOPIC_PREFIX=kafka_settings.topic_prefix,
+        BRIDGE_PORT=str(kafka_settings.port),
+    )
+    process = subprocess.Popen(
+        [*BRIDGE, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for_port(kafka_settings.port, process)
+        yield kafka_settings, env
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            assert process.wait(15) == 0
+        finally:
+            process.kill()
+            process.communicate()
+
+
+def test_version_and_help() -> None:
+    assert run("version", env=environment()).stdout.strip() == f"bridge {__version__}"
+    for command in ("serve", "dev", "tail"):
+        result = run(command, "--help", env=environment())
+        assert result.returncode == 0
+        assert "usage: bridge" in result.stdout
+
+
+def test_a_bad_setting_stops_the_start_with_one_line() -> None:
+    result = run("serve", env=environment(BRIDGE_PORT="eighty"))
+    assert result.returncode == 2
+    assert "BRIDGE_PORT" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_broker_is_reported_clearly() -> None:
+    env = environment(
+        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+        BRIDGE_KAFKA_CONNECT_TIMEOUT="1",
+        BRIDGE_PORT=str(free_port()),
+    )
+    result = run("serve", env=env)
+    assert result.returncode == 1
+    assert "cannot reach Kafka" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_then_tail_shows_the_case_rebuilt_exactly(
+    serving: tuple[Settings, dict[str, str]],
+) -> None:
+    settings, env = serving
+    url = f"http://127.0.0.1:{settings.port}/webhooks/airudder"
+    for kind in ("call", "chatbot"):
+        assert httpx2.post(url, content=sample_bytes(kind)).status_code == 200
+    tailed = run("tail", "--case-id", "12345.0", "--from-beginning", "--until-idle", "2", env=env)
+    assert tailed.returncode == 0, tailed.stderr
+    docs = [orjson.loads(line) for line in tailed.stdout.splitlines()]
+    by_topic = {doc["topic"]: doc for doc in docs}
+    assert by_topic[f"{settings.topic_prefix}call"]["notification"] == sample("call")
+    assert by_topic[f"{settings.topic_prefix}chatbot"]["notification"] == sample("chatbot")
+    assert {doc["key"] for doc in docs} == {"12345.0"}
+
+    other = run("tail", "--case-id", "nobody", "--from-beginning", "--until-idle", "1", env=env)
+    assert other.stdout == ""
+
+    pretty = run(
+        "tail", "--type", "call", "--from-beginning", "--until-idle", "1", "--format", "pretty",
+        env=env,
+    )  # fmt: skip
+    assert re.search(r"call\s+case=12345\.0\s+intention=E\s+hangup_type=ByCallee", pretty.stdout)
+
+
+def test_tail_shows_dead_letters_with_their_reason(
+    serving: tuple[Settings, dict[str, str]],
+) -> None:
+    settings, env = serving
+    url = f"http://127.0.0.1:{settings.port}/webhooks/airudder"
+    assert httpx2.post(url, content=b"\xff\xfe not json").status_code == 200
+    tailed = run("tail", "--type", "dlq", "--from-beginning", "--until-idle", "1.5", env=env)
+    [doc] = [orjson.loads(line) for line in tailed.stdout.splitlines()]
+    assert doc["headers"]["dlq-reason"] == "not-json"
+    assert doc["raw_encoding"] == "base64"
+    assert doc["notification"] is None
+
+
+def test_dev_starts_a_broker_serves_and_stops_both_on_ctrl_c(broker: EmbeddedBroker) -> None:
+    # `broker` only marks this test `kafka`: `bridge dev` starts its own.
+    port = free_port()
+    process = subprocess.Popen(
+        [*BRIDGE, "dev"],
+        env=environment(BRIDGE_PORT=str(port)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for_port(port, process)
+        assert process.stdout is not None
+        banner = ""
+        while "bridge tail" not in banner:
+            banner += process.stdout.readline()
+        assert f"http://127.0.0.1:{port}/webhooks/airudder" in banner
+        curl = re.search(r"--data-binary @(\S+) (\S+)", banner)
+        assert curl is not None
+        assert Path(curl.group(1)).is_file()
+        response = httpx2.post(curl.group(2), content=Path(curl.group(1)).read_bytes())
+        assert response.status_code == 200
+        bootstrap = re.search(r"BRIDGE_KAFKA_BOOTSTRAP_SERVERS=(\S+)", banner)
+        assert bootstrap is not None
+        env = environment(BRIDGE_KAFKA_BOOTSTRAP_SERVERS=bootstrap.group(1))
+        tailed = run("tail", "--from-beginning", "--until-idle", "2", env=env)
+        assert orjson.loads(tailed.stdout)["notification"] == sample("call")
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(20)
+        process.communicate()
+    assert code == 0
+    broker_port = int(bootstrap.group(1).rpartition(":")[2])
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", broker_port), timeout=0.5).close()

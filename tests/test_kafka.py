@@ -1,0 +1,100 @@
+"""End to end against the real broker: HTTP in, Kafka records out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+import httpx2
+import orjson
+import pytest
+
+from bridge.app import WEBHOOK_PATH
+from bridge.broker import EmbeddedBroker, create_topics, free_port
+from bridge.routing import all_topics
+from bridge.settings import load_settings
+from bridge.tail import Decoder
+from tests.conftest import RunningServer, consume, run_server, run_sync, sample, sample_bytes
+
+
+async def test_each_type_lands_in_its_topic_keyed_and_rebuilt_exactly(
+    server: RunningServer,
+) -> None:
+    prefix = server.settings.topic_prefix
+    async with httpx2.AsyncClient(base_url=server.url) as client:
+        for kind in ("call", "waba_template", "chatbot"):
+            response = await client.post(WEBHOOK_PATH, content=sample_bytes(kind))
+            assert (response.status_code, response.content) == (200, b"{}")
+        response = await client.post(WEBHOOK_PATH, content=b'{"type": "call"')
+        assert response.status_code == 200
+    decoder = Decoder()
+    for kind in ("call", "waba_template", "chatbot"):
+        [record] = await consume(server.settings.kafka_bootstrap_servers, [f"{prefix}{kind}"])
+        assert record.key == b"12345.0"
+        doc = decoder.document(record)
+        assert doc["notification"] == sample(kind)
+        assert doc["headers"]["notification-type"] == kind
+    [dead] = await consume(server.settings.kafka_bootstrap_servers, [f"{prefix}dlq"])
+    assert dead.value == b'{"type": "call"'
+    assert dict(dead.headers)["dlq-reason"] == b"not-json"
+
+
+async def test_each_cases_history_keeps_the_order_of_acknowledgement(
+    server: RunningServer,
+) -> None:
+    cases, per_case = 40, 8
+    template = sample("call")
+
+    async def post_history(client: httpx2.AsyncClient, case: int) -> None:
+        for step in range(per_case):  # one after another, as the vendor does for one case
+            data = {**template, "callee": {**template["callee"], "case_id": f"case-{case}"}}
+            data["call"] = {**template["call"], "call_id": f"{case}-{step}"}
+            response = await client.post(WEBHOOK_PATH, content=orjson.dumps(data))
+            assert response.status_code == 200
+
+    async with httpx2.AsyncClient(base_url=server.url, timeout=30) as client:
+        await asyncio.gather(*(post_history(client, case) for case in range(cases)))
+
+    topic = f"{server.settings.topic_prefix}call"
+    records = await consume(server.settings.kafka_bootstrap_servers, [topic])
+    history: dict[bytes, list[str]] = defaultdict(list)
+    partition_of: dict[bytes, set[int]] = defaultdict(set)
+    decoder = Decoder()
+    for record in records:  # in partition order
+        assert record.key is not None
+        history[record.key].append(decoder.document(record)["notification"]["call"]["call_id"])
+        partition_of[record.key].add(record.partition)
+    assert len(history) == cases
+    for case in range(cases):
+        key = f"case-{case}".encode()
+        assert history[key] == [f"{case}-{step}" for step in range(per_case)]
+        assert len(partition_of[key]) == 1
+    assert len({p for parts in partition_of.values() for p in parts}) > 1  # keys spread out
+
+
+def test_a_broker_that_goes_away_gets_503_with_retry_after_within_the_budget() -> None:
+    with EmbeddedBroker() as own_broker:
+        settings = load_settings(
+            kafka_bootstrap_servers=own_broker.bootstrap_servers,
+            kafka_enable_idempotence=False,
+            topic_prefix="gone.",
+            port=free_port(),
+            ack_timeout=1.0,
+        )
+        run_sync(create_topics(own_broker.bootstrap_servers, all_topics("gone.")))
+        servers = run_server(settings)
+        running = next(servers)
+        try:
+            with httpx2.Client(base_url=running.url, timeout=15) as client:
+                assert client.post(WEBHOOK_PATH, content=sample_bytes()).status_code == 200
+                own_broker.stop()
+                started = time.monotonic()
+                response = client.post(WEBHOOK_PATH, content=sample_bytes("chatbot"))
+                elapsed = time.monotonic() - started
+        finally:
+            with pytest.raises(StopIteration):
+                next(servers)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "60"
+    assert elapsed < 3
