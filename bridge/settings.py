@@ -84,3 +84,17 @@ def load_settings(**overrides: object) -> Settings:
             shown = "" if isinstance(value, dict) else f" (got {value!r})"
             lines.append(f"{name}: {error['msg']}{shown}")
         raise ConfigError("invalid setting " + "; ".join(lines)) from None
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated from `Settings` (a test keeps it fresh)."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.default
+        shown = (
+            ""
+            if default is None
+            else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        )
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {info.description} |")
+    return "\n".join(rows)
