@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format docs bench clean
 
 install: $(STAMP)  ## create .venv and install bridge with its development tools
 
@@ -28,6 +28,9 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+docs: install  ## regenerate the README's configuration table
+	$(BIN)/python scripts/update_readme.py
 
 bench: install  ## benchmark; not part of `make test`
 	$(BIN)/python -m bench

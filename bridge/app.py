@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -17,8 +18,10 @@ from bridge.errors import BridgeError
 from bridge.pipeline import Pipeline
 from bridge.publish import KafkaPublisher, Publisher
 from bridge.settings import Settings, load_settings
+from bridge.spool import Spool
 
 logger = logging.getLogger("bridge.notification")
+lifecycle = logging.getLogger("bridge.lifecycle")
 
 WEBHOOK_PATH = "/webhooks/airudder"
 _EMPTY_OBJECT = b"{}"
@@ -37,15 +40,41 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     """Build the service. Settings default to the `BRIDGE_*` environment."""
     settings = settings or load_settings()
     publisher = publisher or KafkaPublisher(settings)
-    pipeline = Pipeline(settings, publisher)
+    spool = Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_dir else None
+    pipeline = Pipeline(settings, publisher, spool=spool)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[State]:
-        await publisher.start()
+        # Opened in order, closed in reverse, each close bounded in time.
+        if spool is not None:
+            report = await spool.open()
+            for problem in report.problems:
+                lifecycle.error("%s", problem)
+            if report.salvaged_from is not None:
+                lifecycle.error(
+                    "damaged spool moved to %s: %d entries kept, %d lost",
+                    report.salvaged_from,
+                    report.entries,
+                    report.lost,
+                )
+            lifecycle.info(
+                "spool %s: %d entries waiting, %d in quarantine",
+                spool.path,
+                spool.depth,
+                report.quarantined,
+            )
+            await pipeline.dedup.load()
+        try:
+            await publisher.start()
+        except BaseException:
+            if spool is not None:
+                await spool.close()
+            raise
+        drainer = asyncio.create_task(pipeline.drain_forever(), name="spool-drain")
         try:
             yield {"pipeline": pipeline, "settings": settings}
         finally:
-            await publisher.stop(timeout=5.0)
+            await _shutdown(pipeline, drainer)
 
     return Starlette(
         routes=[
@@ -58,22 +87,40 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     )
 
 
+async def _shutdown(pipeline: Pipeline, drainer: asyncio.Task[None]) -> None:
+    # uvicorn has already stopped taking requests and waited for those in flight; whatever
+    # Kafka did not acknowledge is in the spool, so nothing here may wait without bound.
+    budget = pipeline.settings.shutdown_timeout
+    drainer.cancel()
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        async with asyncio.timeout(1.0):
+            await drainer
+    with contextlib.suppress(BridgeError):
+        await pipeline.dedup.flush()
+    await pipeline.publisher.stop(timeout=budget / 2)
+    if pipeline.spool is not None:
+        lifecycle.info("stopping with %d entries in the spool", pipeline.spool.depth)
+        await pipeline.spool.close()
+
+
 async def receive_notification(request: Request) -> Response:
     started = time.monotonic()
     pipeline: Pipeline = request.state.pipeline
-    body = await read_body(request, pipeline.settings.max_body_bytes)
-    outcome = await pipeline.accept(body, request.headers.get("content-type", ""))
+    with pipeline.admit():
+        body = await read_body(request, pipeline.settings.max_body_bytes)
+        outcome = await pipeline.accept(body, request.headers.get("content-type", ""))
+    prepared, delivery = outcome.prepared, outcome.delivery
     logger.info(
-        "notification outcome=%s type=%s case_id=%s event_id=%s topic=%s partition=%d "
-        "offset=%d reason=%s latency_ms=%.1f",
+        "notification outcome=%s type=%s case_id=%s event_id=%s topic=%s partition=%s "
+        "offset=%s reason=%s latency_ms=%.1f",
         outcome.outcome,
-        outcome.type,
-        outcome.case_id,
-        outcome.event_id,
-        outcome.delivery.topic,
-        outcome.delivery.partition,
-        outcome.delivery.offset,
-        outcome.reason or "-",
+        prepared.type,
+        prepared.case_id,
+        prepared.event_id,
+        prepared.topic,
+        delivery.partition if delivery else "-",
+        delivery.offset if delivery else "-",
+        prepared.reason or "-",
         (time.monotonic() - started) * 1000,
     )
     return Response(_EMPTY_OBJECT, media_type="application/json")
@@ -95,12 +142,20 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def healthz(_: Request) -> Response:
+    """The process is alive and serving."""
     return JSONResponse({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
+    """Ready when a notification can be stored now: Kafka reachable, or room in the spool.
+    Each dependency's state is in the body, so a failing one is named."""
     pipeline: Pipeline = request.state.pipeline
-    return JSONResponse({"status": "ready", "topic_prefix": pipeline.settings.topic_prefix})
+    ready, checks = await pipeline.readiness()
+    status = "ready" if all(v in {"ok", "disabled"} for v in checks.values()) else "degraded"
+    return JSONResponse(
+        {"status": status if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
 
 
 async def bridge_error(request: Request, exc: Exception) -> Response:

@@ -9,6 +9,7 @@ import logging
 import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -148,6 +149,8 @@ def _dev(args: argparse.Namespace) -> int:
         os.environ["BRIDGE_KAFKA_ENABLE_IDEMPOTENCE"] = "false"
         if settings.port == 0:
             os.environ["BRIDGE_PORT"] = str(free_port())
+        if "BRIDGE_SPOOL_DIR" not in os.environ:  # the broker forgets all; so does the spool
+            os.environ["BRIDGE_SPOOL_DIR"] = tempfile.mkdtemp(prefix="bridge-dev-spool-")
         settings = load_settings()
         asyncio.run(
             create_topics(

@@ -49,3 +49,22 @@ class BrokerUnavailable(BridgeError):
 
     status = 503
     retriable = True
+
+
+class Unavailable(BridgeError):
+    """bridge cannot store the notification now; the vendor should retry."""
+
+    status = 503
+    retriable = True
+
+
+class Overloaded(Unavailable):
+    """Too many notifications in flight."""
+
+
+class SpoolError(Unavailable):
+    """The spool cannot take the entry (disk error, damaged file)."""
+
+
+class SpoolFull(SpoolError):
+    """The spool is at its size limit."""

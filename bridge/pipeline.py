@@ -1,36 +1,70 @@
-"""The whole path for one notification: parse, map, encode, publish; or the dead-letter topic."""
+"""The whole path for one notification, and what keeps it from being lost.
+
+    prepare (pure): parse -> map -> encode -> route; or a dead letter
+    drop a duplicate (event id seen and stored within the window)
+    store: Kafka within the ack budget, else the spool; 503 only when neither can take it
+    drain (background): spool -> Kafka, oldest first
+
+Order per case: a notification whose key has entries waiting in the spool, or that arrives
+while Kafka is known to be down, goes into the spool behind them instead of to Kafka. The
+spool drains oldest first, and a key's next entry is sent only after its previous one was
+acknowledged, so a case's records reach the partition in the order they were answered 2xx.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import orjson
 
+from bridge.dedup import Deduplicator
 from bridge.encode import Codec
-from bridge.errors import InvalidNotification, PublishTimeout
+from bridge.errors import (
+    InvalidNotification,
+    Overloaded,
+    PublishError,
+    PublishTimeout,
+    SpoolError,
+)
 from bridge.mapping import Mapper
 from bridge.parse import case_id_of, parse_notification
 from bridge.publish import Delivery, Publisher
-from bridge.routing import DLQ, dead_letter_headers, headers_for, topic_for
+from bridge.routing import DLQ, Headers, dead_letter_headers, headers_for, topic_for
 from bridge.schemas import Schema, load_schemas
 from bridge.settings import Settings
+from bridge.spool import Spool, SpoolEntry
 
-logger = logging.getLogger("bridge.notification")
+logger = logging.getLogger(__name__)
+
+DRAIN_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A notification ready for Kafka."""
+
+    type: str  # call, waba_template, chatbot, or dlq
+    case_id: str | None
+    event_id: str
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What happened to one notification."""
 
-    outcome: str  # "stored" or "dead_letter"
-    type: str
-    case_id: str | None
-    event_id: str
-    delivery: Delivery
-    reason: str = ""
+    outcome: str  # "stored" (Kafka acknowledged), "spooled", or "duplicate"
+    prepared: Prepared
+    delivery: Delivery | None = None
 
 
 class Pipeline:
@@ -39,58 +73,107 @@ class Pipeline:
         settings: Settings,
         publisher: Publisher,
         schemas: dict[str, Schema] | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
         self.schemas = schemas or load_schemas()
         self.mappers = {kind: Mapper(schema) for kind, schema in self.schemas.items()}
         self.codec = Codec(self.schemas)
+        self.spool = spool
+        self.dedup = Deduplicator(settings.dedup_window, settings.dedup_max_entries, spool)
+        self.kafka_up = True  # false from a failed publish until the next acknowledgement
+        self.in_flight = 0
 
-    async def accept(
-        self, body: bytes, content_type: str = "", received_at: float | None = None
-    ) -> Outcome:
-        """Store one notification; return once Kafka has acknowledged it.
+    # -- admission ----------------------------------------------------------------------------
 
-        Raises PublishError (retriable) when Kafka did not acknowledge within the ack budget.
-        """
-        received_at = time.time() if received_at is None else received_at
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Bound the notifications in flight (and so memory); beyond it, 503 at once."""
+        if self.in_flight >= self.settings.max_in_flight:
+            raise Overloaded(f"more than {self.settings.max_in_flight} notifications in flight")
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    # -- one notification ---------------------------------------------------------------------
+
+    def prepare(self, body: bytes, content_type: str, received_at: float) -> Prepared:
+        """Parse, map, encode and route; what cannot be typed becomes a dead letter."""
         try:
             notification = parse_notification(body)
             record = self.mappers[notification.type].to_record(notification.data)
             value = self.codec.encode(notification.type, record)
         except InvalidNotification as exc:
-            return await self._dead_letter(body, exc, content_type, received_at)
+            return self._dead_letter(body, exc, content_type, received_at)
         except (ValueError, TypeError, OverflowError) as exc:  # fastavro refused the record
             invalid = InvalidNotification("encode-failed", f"{type(exc).__name__}: {exc}")
-            return await self._dead_letter(body, invalid, content_type, received_at)
-        schema = self.schemas[notification.type]
-        delivery = await self._publish(
-            topic_for(self.settings.topic_prefix, notification.type),
-            notification.case_id.encode(),
-            value,
-            headers_for(notification, schema, received_at),
-        )
-        return Outcome(
-            "stored", notification.type, notification.case_id, notification.event_id, delivery
+            return self._dead_letter(body, invalid, content_type, received_at)
+        return Prepared(
+            type=notification.type,
+            case_id=notification.case_id,
+            event_id=notification.event_id,
+            topic=topic_for(self.settings.topic_prefix, notification.type),
+            key=notification.case_id.encode(),
+            value=value,
+            headers=headers_for(notification, self.schemas[notification.type], received_at),
         )
 
-    async def _dead_letter(
+    def _dead_letter(
         self, body: bytes, exc: InvalidNotification, content_type: str, received_at: float
-    ) -> Outcome:
+    ) -> Prepared:
         headers = dead_letter_headers(exc.reason, exc.detail, content_type, body, received_at)
         case_id = _best_effort_case_id(body)
-        delivery = await self._publish(
-            topic_for(self.settings.topic_prefix, DLQ),
-            case_id.encode() if case_id else None,
-            body,
-            headers,
-        )
-        return Outcome(
-            "dead_letter", DLQ, case_id, headers[0][1].decode(), delivery, reason=exc.reason
+        return Prepared(
+            type=DLQ,
+            case_id=case_id,
+            event_id=headers[0][1].decode(),
+            topic=topic_for(self.settings.topic_prefix, DLQ),
+            key=case_id.encode() if case_id else None,
+            value=body,
+            headers=headers,
+            reason=exc.reason,
         )
 
+    async def accept(
+        self, body: bytes, content_type: str = "", received_at: float | None = None
+    ) -> Outcome:
+        """Store one notification. Returns once it is acknowledged by Kafka or in the spool;
+        raises PublishError or SpoolError (both 503) when it could be stored nowhere."""
+        prepared = self.prepare(body, content_type, received_at or time.time())
+        if self.dedup.seen(prepared.event_id):
+            return Outcome("duplicate", prepared)
+        outcome = await self._store(prepared)
+        self.dedup.remember(prepared.event_id)
+        return outcome
+
+    async def _store(self, prepared: Prepared) -> Outcome:
+        spool = self.spool
+        if spool is not None and (not self.kafka_up or prepared.key in spool.keys):
+            await self._spool(spool, prepared)  # behind what waits, never overtaking it
+            return Outcome("spooled", prepared)
+        try:
+            delivery = await self._publish(
+                prepared.topic, prepared.key, prepared.value, prepared.headers
+            )
+        except PublishError as exc:
+            self.kafka_up = False
+            if spool is None:
+                raise
+            logger.warning("Kafka did not acknowledge (%s): spooling", exc)
+            await self._spool(spool, prepared)
+            return Outcome("spooled", prepared)
+        self.kafka_up = True
+        return Outcome("stored", prepared, delivery)
+
+    @staticmethod
+    async def _spool(spool: Spool, prepared: Prepared) -> None:
+        await spool.append(prepared.topic, prepared.key, prepared.value, prepared.headers)
+
     async def _publish(
-        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers
     ) -> Delivery:
         try:
             async with asyncio.timeout(self.settings.ack_timeout):
@@ -99,6 +182,83 @@ class Pipeline:
             raise PublishTimeout(
                 f"no acknowledgement from Kafka within {self.settings.ack_timeout:g}s"
             ) from None
+
+    # -- the spool, drained -------------------------------------------------------------------
+
+    async def drain_forever(self) -> None:
+        """Send spooled entries to Kafka, oldest first, backing off while Kafka is down."""
+        spool = self.spool
+        if spool is None:
+            return
+        backoff = 0.5
+        while True:
+            if spool.depth == 0:
+                spool.appended.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await spool.appended.wait()
+                await self.dedup.flush()
+                continue
+            try:
+                await self.drain_once()
+            except (PublishError, SpoolError) as exc:
+                logger.warning("spool drain paused %.1fs: %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            else:
+                backoff = 0.5
+            await self.dedup.flush()
+
+    async def drain_once(self) -> int:
+        """Send one batch of the oldest entries; return how many were acknowledged."""
+        assert self.spool is not None  # noqa: S101 - only called with a spool
+        entries = await self.spool.head(DRAIN_BATCH)
+        sent = 0
+        for wave in _waves(entries):
+            results = await asyncio.gather(
+                *(self._publish(e.topic, e.key, e.value, e.headers) for e in wave),
+                return_exceptions=True,
+            )
+            done = [e for e, r in zip(wave, results, strict=True) if isinstance(r, Delivery)]
+            await self.spool.remove(done)
+            sent += len(done)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                self.kafka_up = False
+                if isinstance(failed[0], PublishError):
+                    raise failed[0]
+                raise PublishError(repr(failed[0])) from failed[0]
+        if sent:
+            self.kafka_up = True
+        return sent
+
+    # -- health -------------------------------------------------------------------------------
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Ready when a notification can be stored: Kafka reachable, or room in the spool."""
+        kafka_problem = await self.publisher.check()
+        checks = {"kafka": kafka_problem or "ok"}
+        if self.spool is None:
+            checks["spool"] = "disabled"
+            return kafka_problem is None, checks
+        spool_problem = await self.spool.check()
+        checks["spool"] = spool_problem or "ok"
+        return kafka_problem is None or spool_problem is None, checks
+
+
+def _waves(entries: list[SpoolEntry]) -> Iterator[list[SpoolEntry]]:
+    """Split entries (oldest first) into waves that hold each key at most once, so a key's
+    next entry is sent only after the one before it was acknowledged."""
+    pending = entries
+    while pending:
+        wave: list[SpoolEntry] = []
+        rest: list[SpoolEntry] = []
+        seen: set[bytes | None] = set()
+        for entry in pending:
+            (rest if entry.key in seen else wave).append(entry)
+            seen.add(entry.key)
+        yield wave
+        pending = rest
 
 
 def _best_effort_case_id(body: bytes) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,6 +17,8 @@ from bridge.routing import Headers
 from bridge.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+CHECK_CACHE_SECONDS = 2.0  # readiness probes come often; ask the broker at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,10 @@ class Publisher(Protocol):
         """Return once the record is acknowledged; raise PublishError otherwise."""
         ...
 
+    async def check(self) -> str | None:
+        """None when the broker answers, else why not."""
+        ...
+
 
 class KafkaPublisher:
     """aiokafka producer with `acks=all`."""
@@ -57,6 +64,7 @@ class KafkaPublisher:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._producer: AIOKafkaProducer | None = None
+        self._checked: tuple[float, str | None] = (0.0, None)
 
     async def start(self) -> None:
         s = self._settings
@@ -98,6 +106,23 @@ class KafkaPublisher:
             raise PublishError(f"{type(exc).__name__}: {exc}") from exc
         return Delivery(meta.topic, meta.partition, meta.offset)
 
+    async def check(self) -> str | None:
+        if self._producer is None:
+            return "not started"
+        checked_at, problem = self._checked
+        now = time.monotonic()
+        if now - checked_at < CHECK_CACHE_SECONDS:
+            return problem
+        try:
+            async with asyncio.timeout(2.0):
+                await self._producer.client.fetch_all_metadata()
+        except (KafkaError, TimeoutError, OSError) as exc:
+            problem = f"unreachable ({type(exc).__name__}: {exc})".replace(": )", ")")
+        else:
+            problem = None
+        self._checked = (time.monotonic(), problem)
+        return problem
+
 
 class MemoryPublisher:
     """Keeps records in memory, one partition per topic. For tests and dry runs."""
@@ -120,6 +145,9 @@ class MemoryPublisher:
         log = self.topics[topic]
         log.append(Message(topic, key, value, list(headers), 0, len(log)))
         return Delivery(topic, 0, len(log) - 1)
+
+    async def check(self) -> str | None:
+        return None if self.started else "not started"
 
 
 async def _bounded(awaitable: object, timeout: float) -> None:

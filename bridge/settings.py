@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
@@ -56,9 +57,35 @@ class Settings(BaseSettings):
         ge=1,
         description="Seconds sent in `Retry-After` with a 503 (the vendor retries each minute).",
     )
+    spool_dir: Path | None = Field(
+        Path("spool"),
+        description="Directory of the durable spool (empty: no spool, 503 when Kafka is down).",
+    )
+    spool_max_bytes: int = Field(
+        1024**3, ge=1024 * 1024, description="Size limit of the spool, bytes; beyond it 503."
+    )
+    dedup_window: float = Field(
+        1800.0,
+        ge=0,
+        description="Seconds an event id is remembered to drop the vendor's retries (0: off).",
+    )
+    dedup_max_entries: int = Field(
+        200_000, ge=1000, description="Most event ids remembered (bounds memory)."
+    )
+    max_in_flight: int = Field(
+        512, ge=1, description="Notifications handled at once; beyond it 503 at once."
+    )
+    shutdown_timeout: float = Field(
+        10.0, gt=0, lt=15, description="Seconds to finish in-flight work and flush on SIGTERM."
+    )
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest request body accepted, bytes."
     )
+
+    @field_validator("spool_dir", mode="before")
+    @classmethod
+    def _empty_means_no_spool(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("topic_prefix")
     @classmethod

@@ -60,8 +60,9 @@ def topic_prefix() -> str:
 
 
 @pytest.fixture
-def kafka_settings(broker: EmbeddedBroker, topic_prefix: str) -> Settings:
+def kafka_settings(broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path) -> Settings:
     settings = load_settings(
+        spool_dir=tmp_path / "spool",
         kafka_bootstrap_servers=broker.bootstrap_servers,
         kafka_enable_idempotence=False,  # the embedded broker lacks InitProducerId
         topic_prefix=topic_prefix,

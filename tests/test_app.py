@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -38,8 +39,8 @@ def publisher() -> MemoryPublisher:
 
 
 @pytest.fixture
-def client(publisher: MemoryPublisher) -> Iterator[TestClient]:
-    app = create_app(load_settings(topic_prefix="test."), publisher)
+def client(publisher: MemoryPublisher, tmp_path: Path) -> Iterator[TestClient]:
+    app = create_app(load_settings(topic_prefix="test.", spool_dir=tmp_path), publisher)
     with TestClient(app) as test_client:
         yield test_client
 
@@ -115,8 +116,8 @@ def test_only_post_is_accepted(client: TestClient) -> None:
     assert client.get(WEBHOOK_PATH).status_code == 405
 
 
-def test_no_acknowledgement_within_the_budget_is_503_with_retry_after() -> None:
-    settings = load_settings(ack_timeout=0.3, retry_after=60)
+def test_without_a_spool_no_acknowledgement_in_the_budget_is_503_with_retry_after() -> None:
+    settings = load_settings(ack_timeout=0.3, retry_after=60, spool_dir="")
     with TestClient(create_app(settings, StalledPublisher())) as client:
         started = time.monotonic()
         response = client.post(WEBHOOK_PATH, content=sample_bytes())
@@ -132,7 +133,9 @@ def test_health(client: TestClient) -> None:
     assert client.get("/readyz").status_code == 200
 
 
-def test_the_lifespan_starts_and_stops_the_publisher(publisher: MemoryPublisher) -> None:
-    with TestClient(create_app(load_settings(), publisher)):
+def test_the_lifespan_starts_and_stops_the_publisher(
+    publisher: MemoryPublisher, tmp_path: Path
+) -> None:
+    with TestClient(create_app(load_settings(spool_dir=tmp_path), publisher)):
         assert publisher.started
     assert not publisher.started

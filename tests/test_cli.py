@@ -57,6 +57,7 @@ def serving(kafka_settings: Settings) -> Iterator[tuple[Settings, dict[str, str]
         BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false",
         BRIDGE_TOPIC_PREFIX=kafka_settings.topic_prefix,
         BRIDGE_PORT=str(kafka_settings.port),
+        BRIDGE_SPOOL_DIR=str(kafka_settings.spool_dir),
     )
     process = subprocess.Popen(
         [*BRIDGE, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
