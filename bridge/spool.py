@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, stored REAL NOT NULL);
 """
 _COLUMNS = "seq, topic, key, value, headers, created, crc"
+FULL_MARGIN = 64 * 1024  # readiness calls the spool full when less room than this is left
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,7 @@ class Spool:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="spool")
         self._db: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
+        self._closed = False
         self.appended = asyncio.Event()
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -116,7 +118,10 @@ class Spool:
         return await self._run(self._open)
 
     async def close(self) -> None:
+        if self._closed:
+            return
         await self._run(self._close)
+        self._closed = True
         self._executor.shutdown(wait=True)
 
     def _open(self) -> SpoolReport:
@@ -346,7 +351,7 @@ class Spool:
 
     async def check(self) -> str | None:
         """None when the spool can take entries, else why not."""
-        if self.bytes >= self.max_bytes:
+        if self.max_bytes - self.bytes < FULL_MARGIN:
             return "full"
         try:
             await self._run(self._probe)
@@ -360,6 +365,8 @@ class Spool:
         db.execute("ROLLBACK")
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise SpoolError("spool is closed")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
         except (sqlite3.Error, OSError) as exc:

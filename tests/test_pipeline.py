@@ -1,0 +1,151 @@
+"""Spool, order, duplicates and backpressure, with the in-memory publisher as Kafka."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bridge.errors import Overloaded, PublishError, SpoolFull
+from bridge.pipeline import Pipeline
+from bridge.publish import Delivery, MemoryPublisher
+from bridge.routing import Headers
+from bridge.settings import load_settings
+from bridge.spool import Spool
+from tests.conftest import sample
+
+
+class SwitchablePublisher(MemoryPublisher):
+    """A broker that can be taken away and given back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def publish(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+    ) -> Delivery:
+        if self.down:
+            raise PublishError("broker unreachable")
+        return await super().publish(topic, key, value, headers)
+
+
+def notification(case: str, step: int) -> bytes:
+    data = sample("call")
+    data["callee"] = {**data["callee"], "case_id": case}
+    data["call"] = {**data["call"], "call_id": f"{case}/{step}"}
+    return orjson.dumps(data)
+
+
+def call_ids(publisher: MemoryPublisher, case: str) -> list[str]:
+    # the event-id header carries call_id: enough to check order
+    return [
+        dict(m.headers)["event-id"].decode().removeprefix("call:")
+        for m in publisher.topics["p.call"]
+        if m.key == case.encode()
+    ]
+
+
+@pytest.fixture
+def publisher() -> SwitchablePublisher:
+    return SwitchablePublisher()
+
+
+@pytest.fixture
+async def pipeline(publisher: SwitchablePublisher, tmp_path: Path) -> AsyncIterator[Pipeline]:
+    settings = load_settings(topic_prefix="p.", spool_dir=tmp_path, max_in_flight=2)
+    spool = Spool(tmp_path, settings.spool_max_bytes)
+    await spool.open()
+    await publisher.start()
+    yield Pipeline(settings, publisher, spool=spool)
+    await spool.close()
+
+
+async def test_when_kafka_is_down_notifications_are_spooled_then_drained_in_order(
+    pipeline: Pipeline, publisher: SwitchablePublisher
+) -> None:
+    assert (await pipeline.accept(notification("a", 0))).outcome == "stored"
+    publisher.down = True
+    for step in range(1, 4):
+        assert (await pipeline.accept(notification("a", step))).outcome == "spooled"
+        assert (await pipeline.accept(notification("b", step))).outcome == "spooled"
+    assert pipeline.spool is not None
+    assert pipeline.spool.depth == 6
+    with pytest.raises(PublishError):
+        await pipeline.drain_once()
+    publisher.down = False
+    assert await pipeline.drain_once() == 6
+    assert pipeline.spool.depth == 0
+    assert pipeline.kafka_up
+    assert call_ids(publisher, "a") == ["a/0", "a/1", "a/2", "a/3"]
+    assert call_ids(publisher, "b") == ["b/1", "b/2", "b/3"]
+
+
+async def test_a_case_with_entries_waiting_goes_behind_them_even_when_kafka_is_back(
+    pipeline: Pipeline, publisher: SwitchablePublisher
+) -> None:
+    publisher.down = True
+    await pipeline.accept(notification("a", 1))
+    publisher.down = False
+    pipeline.kafka_up = True  # as if another case had just been acknowledged
+    assert (await pipeline.accept(notification("a", 2))).outcome == "spooled"
+    assert (await pipeline.accept(notification("b", 1))).outcome == "stored"
+    await pipeline.drain_once()
+    assert call_ids(publisher, "a") == ["a/1", "a/2"]
+
+
+async def test_a_retry_of_a_stored_notification_is_dropped(pipeline: Pipeline) -> None:
+    assert (await pipeline.accept(notification("a", 1))).outcome == "stored"
+    assert (await pipeline.accept(notification("a", 1))).outcome == "duplicate"
+
+
+async def test_a_failed_attempt_does_not_hide_the_retry(
+    publisher: SwitchablePublisher, tmp_path: Path
+) -> None:
+    settings = load_settings(topic_prefix="p.", spool_dir="")
+    pipeline = Pipeline(settings, publisher)
+    await publisher.start()
+    publisher.down = True
+    with pytest.raises(PublishError):
+        await pipeline.accept(notification("a", 1))
+    publisher.down = False
+    assert (await pipeline.accept(notification("a", 1))).outcome == "stored"
+
+
+async def test_a_full_spool_is_refused_and_nothing_is_remembered(
+    publisher: SwitchablePublisher, tmp_path: Path
+) -> None:
+    settings = load_settings(topic_prefix="p.", spool_dir=tmp_path)
+    spool = Spool(tmp_path, max_bytes=1000)  # smaller than one notification
+    await spool.open()
+    await publisher.start()
+    pipeline = Pipeline(settings, publisher, spool=spool)
+    publisher.down = True
+    with pytest.raises(SpoolFull):
+        await pipeline.accept(notification("a", 1))
+    assert not pipeline.dedup.seen("call:a/1")
+    await spool.close()
+
+
+async def test_in_flight_work_is_bounded(pipeline: Pipeline) -> None:
+    with pipeline.admit(), pipeline.admit():
+        with pytest.raises(Overloaded), pipeline.admit():
+            pass
+        assert pipeline.in_flight == 2
+    assert pipeline.in_flight == 0
+
+
+async def test_readiness_names_the_failing_dependency(
+    pipeline: Pipeline, publisher: SwitchablePublisher
+) -> None:
+    assert await pipeline.readiness() == (True, {"kafka": "ok", "spool": "ok"})
+    await publisher.stop(1)
+    assert await pipeline.readiness() == (True, {"kafka": "not started", "spool": "ok"})
+    assert pipeline.spool is not None
+    await pipeline.spool.close()
+    ready, checks = await pipeline.readiness()
+    assert not ready
+    assert checks["kafka"] == "not started"
+    assert "closed" in checks["spool"]

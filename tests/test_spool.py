@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bridge.errors import SpoolFull
+from bridge.spool import Spool
+
+
+async def opened(directory: Path, max_bytes: int = 10_000_000) -> Spool:
+    spool = Spool(directory, max_bytes)
+    await spool.open()
+    return spool
+
+
+async def test_entries_come_back_in_order_with_everything_kept(tmp_path: Path) -> None:
+    spool = await opened(tmp_path)
+    for i in range(5):
+        await spool.append("t.call", b"case-%d" % (i % 2), b"value-%d" % i, [("h", b"%d" % i)])
+    await spool.append("t.dlq", None, b"raw", [])
+    entries = await spool.head(100)
+    assert [e.value for e in entries] == [
+        b"value-0",
+        b"value-1",
+        b"value-2",
+        b"value-3",
+        b"value-4",
+        b"raw",
+    ]
+    assert entries[3].headers == [("h", b"3")]
+    assert entries[5].key is None
+    assert spool.depth == 6
+    assert spool.keys == {b"case-0": 3, b"case-1": 2, None: 1}
+    await spool.remove(entries[:4])
+    assert spool.depth == 2
+    assert spool.keys == {b"case-0": 1, None: 1}
+    await spool.close()
+
+
+async def test_entries_survive_a_restart(tmp_path: Path) -> None:
+    spool = await opened(tmp_path)
+    await spool.append("t.call", b"k", b"v", [])
+    await spool.close()
+    again = await opened(tmp_path)
+    assert again.depth == 1
+    assert again.keys == {b"k": 1}
+    assert again.oldest is not None
+    assert [e.value for e in await again.head(10)] == [b"v"]
+    await again.close()
+
+
+async def test_a_full_spool_refuses(tmp_path: Path) -> None:
+    spool = await opened(tmp_path, max_bytes=2 * 1024 * 1024)
+    await spool.append("t", b"k", b"x" * 1024 * 1024, [])
+    with pytest.raises(SpoolFull):
+        await spool.append("t", b"k", b"x" * 1024 * 1024, [])
+    assert spool.depth == 1
+    assert await spool.check() is None
+    await spool.append("t", b"k", b"x" * (1024 * 1024 - 64 * 1024), [])
+    assert await spool.check() == "full"
+    await spool.close()
+
+
+async def test_a_damaged_entry_is_quarantined_and_does_not_block_the_rest(tmp_path: Path) -> None:
+    spool = await opened(tmp_path)
+    for i in range(3):
+        await spool.append("t", b"k", b"value-%d" % i, [])
+    assert spool.path is not None
+    with sqlite3.connect(spool.path) as db:  # a bit flips on disk
+        db.execute("UPDATE spool SET value = ? WHERE value = ?", (b"valuE-1", b"value-1"))
+    entries = await spool.head(10)
+    assert [e.value for e in entries] == [b"value-0", b"value-2"]
+    assert spool.quarantined == 1
+    assert spool.depth == 2
+    with sqlite3.connect(spool.path) as db:
+        assert db.execute("SELECT value, reason FROM quarantine").fetchall() == [
+            (b"valuE-1", "checksum mismatch")
+        ]
+    await spool.close()
+
+
+async def test_each_process_takes_its_own_spool_file(tmp_path: Path) -> None:
+    first, second = await opened(tmp_path), await opened(tmp_path)
+    assert first.path != second.path
+    await first.close()
+    await second.close()
+    third = await opened(tmp_path)
+    assert third.path == first.path  # a freed slot is taken again, with what it holds
+    await third.close()
+
+
+async def test_event_ids_are_remembered_on_disk(tmp_path: Path) -> None:
+    spool = await opened(tmp_path)
+    await spool.remember([("a", 100.0), ("b", 200.0)], expired_before=150.0)
+    assert await spool.remembered(0) == [("b", 200.0)]
+    await spool.close()
