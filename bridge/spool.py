@@ -191,6 +191,13 @@ class Spool:
             source = sqlite3.connect(f"file:{damaged}?mode=ro", uri=True)
         except sqlite3.DatabaseError:
             return 0, 0
+        expected = last = 0
+        with contextlib.suppress(sqlite3.DatabaseError):
+            expected = source.execute("SELECT count(*) FROM spool").fetchone()[0]
+        with contextlib.suppress(sqlite3.DatabaseError, TypeError):
+            last = source.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'spool'"
+            ).fetchone()[0]
         seqs: set[int] = set()
         for order in ("ASC", "DESC"):  # reach the entries on both sides of a damaged page
             with contextlib.suppress(sqlite3.DatabaseError):
@@ -216,7 +223,10 @@ class Spool:
                 source.execute("SELECT event_id, stored FROM seen").fetchall(),
             )
         source.close()
-        return kept, lost
+        # Entries on unreadable pages leave gaps in `seq` (an upper bound: a gap can also be
+        # an entry drained out of order after a failed wave).
+        gaps = (max(*seqs, last) - min(seqs) + 1 - len(seqs)) if seqs else 0
+        return kept, max(lost + gaps, expected - kept)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:

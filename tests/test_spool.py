@@ -96,3 +96,31 @@ async def test_event_ids_are_remembered_on_disk(tmp_path: Path) -> None:
     await spool.remember([("a", 100.0), ("b", 200.0)], expired_before=150.0)
     assert await spool.remembered(0) == [("b", 200.0)]
     await spool.close()
+
+
+@pytest.mark.parametrize("where", [0.1, 0.3, 0.5, 0.8, 0.95])
+async def test_a_damaged_file_is_moved_aside_and_what_is_readable_is_kept(
+    tmp_path: Path, where: float
+) -> None:
+    spool = await opened(tmp_path)
+    for i in range(40):
+        await spool.append("t", b"k%d" % i, b"%03d" % i + b"x" * 3000, [])
+    path = spool.path
+    assert path is not None
+    await spool.close()
+    size = path.stat().st_size
+    with path.open("r+b") as file:  # a run of garbage over a few pages
+        file.seek(int(size * where) // 4096 * 4096)
+        file.write(b"\xde\xad\xbe\xef" * 2048)
+
+    again = Spool(tmp_path, 10_000_000)
+    report = await again.open()
+    assert report.problems
+    assert report.salvaged_from is not None
+    assert report.salvaged_from.exists()
+    assert 0 < report.entries == again.depth
+    assert report.entries + report.lost == 40  # here no entry was drained: gaps are losses
+    kept = await again.head(100)
+    assert [int(e.value[:3]) for e in kept] == sorted(int(e.value[:3]) for e in kept)
+    await again.append("t", b"new", b"still works", [])
+    await again.close()
