@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TypedDict
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -34,6 +35,7 @@ class State(TypedDict):
 
 class _BodyTooLarge(BridgeError):
     status = 413
+    code = "body_too_large"
 
 
 def create_app(settings: Settings | None = None, publisher: Publisher | None = None) -> Starlette:
@@ -42,6 +44,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     publisher = publisher or KafkaPublisher(settings)
     spool = Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_dir else None
     pipeline = Pipeline(settings, publisher, spool=spool)
+    pipeline.metrics.watch(pipeline)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[State]:
@@ -81,6 +84,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
             Route(WEBHOOK_PATH, receive_notification, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={BridgeError: bridge_error},
         lifespan=lifespan,
@@ -110,6 +114,10 @@ async def receive_notification(request: Request) -> Response:
         body = await read_body(request, pipeline.settings.max_body_bytes)
         outcome = await pipeline.accept(body, request.headers.get("content-type", ""))
     prepared, delivery = outcome.prepared, outcome.delivery
+    seconds = time.monotonic() - started
+    pipeline.metrics.notifications.labels(prepared.type, outcome.outcome).inc()
+    if outcome.outcome != "duplicate":
+        pipeline.metrics.latency.labels(outcome.outcome).observe(seconds)
     logger.info(
         "notification outcome=%s type=%s case_id=%s event_id=%s topic=%s partition=%s "
         "offset=%s reason=%s latency_ms=%.1f",
@@ -121,7 +129,7 @@ async def receive_notification(request: Request) -> Response:
         delivery.partition if delivery else "-",
         delivery.offset if delivery else "-",
         prepared.reason or "-",
-        (time.monotonic() - started) * 1000,
+        seconds * 1000,
     )
     return Response(_EMPTY_OBJECT, media_type="application/json")
 
@@ -161,8 +169,18 @@ async def readyz(request: Request) -> Response:
 async def bridge_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BridgeError)  # noqa: S101 - registered for BridgeError only
     headers = {}
+    pipeline: Pipeline = request.state.pipeline
+    pipeline.metrics.rejected.labels(exc.code).inc()
     if exc.retriable:
-        settings: Settings = request.state.settings
-        headers["Retry-After"] = str(settings.retry_after)
-        logger.warning("notification outcome=rejected status=%d error=%s", exc.status, exc)
-    return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+        headers["Retry-After"] = str(pipeline.settings.retry_after)
+    logger.warning(
+        "notification outcome=rejected status=%d error=%s: %s", exc.status, exc.code, exc
+    )
+    return JSONResponse(
+        {"error": exc.code, "detail": str(exc)}, status_code=exc.status, headers=headers
+    )
+
+
+async def metrics(request: Request) -> Response:
+    pipeline: Pipeline = request.state.pipeline
+    return Response(generate_latest(pipeline.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -16,14 +16,19 @@ class BridgeError(Exception):
 
     status: int = 500
     retriable: bool = False
+    code: str = "error"  # stable token for responses and metric labels
 
 
 class ConfigError(BridgeError):
     """A setting is missing or invalid; the message names the variable."""
 
+    code = "config"
+
 
 class InvalidNotification(BridgeError):
     """The body is not a notification we can type. `reason` is a short stable token."""
+
+    code = "invalid"
 
     status = 200  # answered 2xx once the raw body is in the dead-letter topic
 
@@ -36,6 +41,8 @@ class InvalidNotification(BridgeError):
 class PublishError(BridgeError):
     """Kafka did not take the record. The vendor should retry."""
 
+    code = "kafka_unavailable"
+
     status = 503
     retriable = True
 
@@ -43,9 +50,13 @@ class PublishError(BridgeError):
 class PublishTimeout(PublishError):
     """No acknowledgement within the ack budget."""
 
+    code = "kafka_timeout"
+
 
 class BrokerUnavailable(BridgeError):
     """Kafka cannot be reached."""
+
+    code = "kafka_unreachable"
 
     status = 503
     retriable = True
@@ -54,6 +65,8 @@ class BrokerUnavailable(BridgeError):
 class Unavailable(BridgeError):
     """bridge cannot store the notification now; the vendor should retry."""
 
+    code = "unavailable"
+
     status = 503
     retriable = True
 
@@ -61,10 +74,16 @@ class Unavailable(BridgeError):
 class Overloaded(Unavailable):
     """Too many notifications in flight."""
 
+    code = "overloaded"
+
 
 class SpoolError(Unavailable):
     """The spool cannot take the entry (disk error, damaged file)."""
 
+    code = "spool_error"
+
 
 class SpoolFull(SpoolError):
     """The spool is at its size limit."""
+
+    code = "spool_full"

@@ -32,6 +32,7 @@ from bridge.errors import (
     SpoolError,
 )
 from bridge.mapping import Mapper
+from bridge.metrics import Metrics
 from bridge.parse import case_id_of, parse_notification
 from bridge.publish import Delivery, Publisher
 from bridge.routing import DLQ, Headers, dead_letter_headers, headers_for, topic_for
@@ -82,6 +83,7 @@ class Pipeline:
         self.codec = Codec(self.schemas)
         self.spool = spool
         self.dedup = Deduplicator(settings.dedup_window, settings.dedup_max_entries, spool)
+        self.metrics = Metrics()
         self.kafka_up = True  # false from a failed publish until the next acknowledgement
         self.in_flight = 0
 
@@ -160,6 +162,7 @@ class Pipeline:
             )
         except PublishError as exc:
             self.kafka_up = False
+            self.metrics.kafka_errors.labels("publish").inc()
             if spool is None:
                 raise
             logger.warning("Kafka did not acknowledge (%s): spooling", exc)
@@ -202,6 +205,7 @@ class Pipeline:
             try:
                 await self.drain_once()
             except (PublishError, SpoolError) as exc:
+                self.metrics.kafka_errors.labels("drain").inc()
                 logger.warning("spool drain paused %.1fs: %s", backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

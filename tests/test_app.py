@@ -124,7 +124,8 @@ def test_without_a_spool_no_acknowledgement_in_the_budget_is_503_with_retry_afte
         elapsed = time.monotonic() - started
     assert response.status_code == 503
     assert response.headers["retry-after"] == "60"
-    assert "acknowledgement" in response.json()["error"]
+    assert response.json()["error"] == "kafka_timeout"
+    assert "acknowledgement" in response.json()["detail"]
     assert elapsed < 2
 
 
@@ -139,3 +140,23 @@ def test_the_lifespan_starts_and_stops_the_publisher(
     with TestClient(create_app(load_settings(spool_dir=tmp_path), publisher)):
         assert publisher.started
     assert not publisher.started
+
+
+def test_metrics_count_outcomes_and_rejections_with_bounded_labels(client: TestClient) -> None:
+    client.post(WEBHOOK_PATH, content=sample_bytes("call"))
+    client.post(WEBHOOK_PATH, content=sample_bytes("call"))  # the vendor's retry
+    client.post(WEBHOOK_PATH, content=b"nope")
+    client.post(WEBHOOK_PATH, content=b"x" * (2 * 1024 * 1024))
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'bridge_notifications_total{outcome="stored",type="call"} 1.0' in text
+    assert 'bridge_notifications_total{outcome="duplicate",type="call"} 1.0' in text
+    assert 'bridge_notifications_total{outcome="stored",type="dlq"} 1.0' in text
+    assert 'bridge_rejected_total{reason="body_too_large"} 1.0' in text
+    assert 'bridge_store_latency_seconds_count{outcome="stored"} 2.0' in text
+    assert "bridge_spool_depth 0.0" in text
+    assert "bridge_in_flight 0.0" in text
+    assert 'bridge_build_info{python="' in text
+    assert "12345.0" not in text  # never a case id in a label
