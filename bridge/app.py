@@ -12,9 +12,10 @@ from typing import TypedDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from bridge.auth import Guard, bearer_token, require_credentials
 from bridge.errors import BridgeError
 from bridge.pipeline import Pipeline
 from bridge.publish import KafkaPublisher, Publisher
@@ -26,11 +27,13 @@ lifecycle = logging.getLogger("bridge.lifecycle")
 
 WEBHOOK_PATH = "/webhooks/airudder"
 _EMPTY_OBJECT = b"{}"
+_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 class State(TypedDict):
     pipeline: Pipeline
     settings: Settings
+    guard: Guard
 
 
 class _BodyTooLarge(BridgeError):
@@ -38,9 +41,21 @@ class _BodyTooLarge(BridgeError):
     code = "body_too_large"
 
 
+class _BodyTimeout(BridgeError):
+    status = 408
+    code = "body_timeout"
+
+
+# Exactly what Starlette answers for a path it does not know: a refused request learns nothing.
+def _not_found() -> Response:
+    return PlainTextResponse("Not Found", status_code=404)
+
+
 def create_app(settings: Settings | None = None, publisher: Publisher | None = None) -> Starlette:
     """Build the service. Settings default to the `BRIDGE_*` environment."""
     settings = settings or load_settings()
+    require_credentials(settings)
+    guard = Guard(settings)
     publisher = publisher or KafkaPublisher(settings)
     spool = Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_dir else None
     pipeline = Pipeline(settings, publisher, spool=spool)
@@ -75,13 +90,15 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
             raise
         drainer = asyncio.create_task(pipeline.drain_forever(), name="spool-drain")
         try:
-            yield {"pipeline": pipeline, "settings": settings}
+            yield {"pipeline": pipeline, "settings": settings, "guard": guard}
         finally:
             await _shutdown(pipeline, drainer)
 
     return Starlette(
         routes=[
-            Route(WEBHOOK_PATH, receive_notification, methods=["POST"]),
+            # Every method: without a token, even the method must not tell that the path exists.
+            Route(WEBHOOK_PATH, receive_notification, methods=_ANY_METHOD),
+            Route(WEBHOOK_PATH + "/{token}", receive_notification, methods=_ANY_METHOD),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
@@ -110,8 +127,18 @@ async def _shutdown(pipeline: Pipeline, drainer: asyncio.Task[None]) -> None:
 async def receive_notification(request: Request) -> Response:
     started = time.monotonic()
     pipeline: Pipeline = request.state.pipeline
-    with pipeline.admit():
-        body = await read_body(request, pipeline.settings.max_body_bytes)
+    refused = _refuse(request, request.state.guard, pipeline)
+    if refused is not None:
+        return refused
+    if request.method != "POST":
+        return PlainTextResponse("Method Not Allowed", status_code=405, headers={"Allow": "POST"})
+    settings = pipeline.settings
+    with pipeline.admit():  # after authentication: strangers never hold a slot
+        try:
+            async with asyncio.timeout(settings.body_timeout):
+                body = await read_body(request, settings.max_body_bytes)
+        except TimeoutError:
+            raise _BodyTimeout(f"body not received within {settings.body_timeout:g}s") from None
         outcome = await pipeline.accept(body, request.headers.get("content-type", ""))
     prepared, delivery = outcome.prepared, outcome.delivery
     seconds = time.monotonic() - started
@@ -132,6 +159,30 @@ async def receive_notification(request: Request) -> Response:
         seconds * 1000,
     )
     return Response(_EMPTY_OBJECT, media_type="application/json")
+
+
+def _refuse(request: Request, guard: Guard, pipeline: Pipeline) -> Response | None:
+    """The answer for a request that may not post, or None. Tokens are never logged."""
+    address = guard.client_address(
+        request.client.host if request.client else None, request.headers.get("x-forwarded-for")
+    )
+    if not guard.allowed(address):
+        pipeline.metrics.rejected.labels("address_not_allowed").inc()
+        logger.warning("refused: address %s not allowed", address)
+        return _not_found()
+    wait = guard.retry_after(address)
+    if wait is not None:
+        pipeline.metrics.rejected.labels("auth_rate_limited").inc()
+        return PlainTextResponse(
+            "Too Many Requests", status_code=429, headers={"Retry-After": str(wait)}
+        )
+    token = request.path_params.get("token") or bearer_token(request.headers.get("authorization"))
+    if not guard.authorized(token):
+        guard.failed(address)
+        pipeline.metrics.rejected.labels("unauthorized").inc()
+        logger.warning("refused: no valid token from %s", address)
+        return _not_found()
+    return None
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import secrets
 import shlex
 import sys
 import tempfile
@@ -17,6 +19,7 @@ import uvicorn
 
 from bridge import __version__
 from bridge.app import WEBHOOK_PATH
+from bridge.auth import require_credentials
 from bridge.broker import EmbeddedBroker, create_topics, free_port
 from bridge.errors import BridgeError, ConfigError
 from bridge.parse import TYPES
@@ -102,6 +105,7 @@ def _configure_logging(settings: Settings) -> None:
 
 def _serve(_: argparse.Namespace) -> int:
     settings = load_settings()
+    require_credentials(settings)
     _configure_logging(settings)
     asyncio.run(_check_kafka(settings))
     _run_server(settings)
@@ -135,7 +139,12 @@ def _run_server(settings: Settings) -> None:
         # Our own line per notification replaces the access log: no bodies, no secrets.
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=10,
+        # Requests in flight are done (stored or spooled) within the ack budget.
+        timeout_graceful_shutdown=math.ceil(settings.ack_timeout) + 2,
+        limit_concurrency=settings.max_connections,
+        server_header=False,
+        ssl_certfile=settings.tls_certfile,
+        ssl_keyfile=settings.tls_keyfile,
     )
     _Server(config).run()
 
@@ -149,6 +158,8 @@ def _dev(args: argparse.Namespace) -> int:
         os.environ["BRIDGE_KAFKA_ENABLE_IDEMPOTENCE"] = "false"
         if settings.port == 0:
             os.environ["BRIDGE_PORT"] = str(free_port())
+        if not settings.tokens and not settings.allow_unauthenticated:
+            os.environ["BRIDGE_AUTH_TOKENS"] = secrets.token_urlsafe(24)
         if "BRIDGE_SPOOL_DIR" not in os.environ:  # the broker forgets all; so does the spool
             os.environ["BRIDGE_SPOOL_DIR"] = tempfile.mkdtemp(prefix="bridge-dev-spool-")
         settings = load_settings()
@@ -157,7 +168,11 @@ def _dev(args: argparse.Namespace) -> int:
                 broker.bootstrap_servers, all_topics(settings.topic_prefix), args.partitions
             )
         )
-        url = f"http://{settings.host}:{settings.port}{WEBHOOK_PATH}"
+        scheme = "https" if settings.tls_certfile else "http"
+        token = settings.tokens[0] if settings.tokens else ""
+        url = f"{scheme}://{settings.host}:{settings.port}{WEBHOOK_PATH}" + (
+            f"/{token}" if token else ""
+        )
         print(_banner(settings, broker, url), flush=True)
         _run_server(settings)
     return 0
@@ -173,6 +188,7 @@ def _banner(settings: Settings, broker: EmbeddedBroker, url: str) -> str:
             f"  broker log             {broker.log_path}",
             f"  topics                 {', '.join(all_topics(settings.topic_prefix))}",
             f"  webhook URL            {url}",
+            "                         (the last segment is the token: keep the URL secret)",
             "",
             "  post the vendor's example:",
             "    curl -sS -X POST -H 'Content-Type: application/json' \\",

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import re
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.errors import ConfigError
 
 ENV_PREFIX = "BRIDGE_"
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]*")
+# Secrets that may also come from a file: BRIDGE_<NAME>_FILE.
+SECRET_FILES = ("auth_tokens", "kafka_sasl_password")
 
 
 class Settings(BaseSettings):
@@ -78,9 +81,78 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         10.0, gt=0, lt=15, description="Seconds to finish in-flight work and flush on SIGTERM."
     )
+    body_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client may take to send its body; then 408."
+    )
+    max_connections: int = Field(
+        2048, ge=1, description="Open connections and requests at once; beyond it 503."
+    )
+    # -- who may post -----------------------------------------------------------------------
+    auth_tokens: SecretStr = Field(
+        SecretStr(""),
+        description="Shared-secret tokens, comma-separated (several for rotation); sent as "
+        "`Authorization: Bearer <token>` or as the last path segment "
+        "`/webhooks/airudder/<token>`.",
+    )
+    auth_tokens_file: Path | None = Field(
+        None, description="File with the tokens, one per line (instead of BRIDGE_AUTH_TOKENS)."
+    )
+    allow_unauthenticated: bool = Field(
+        False,  # noqa: FBT003
+        description="Serve without a token. Refused unless set explicitly.",
+    )
+    allowed_cidrs: str = Field(
+        "", description="Client networks allowed to post, comma-separated CIDRs (empty: any)."
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Proxies whose `X-Forwarded-For` is believed, comma-separated CIDRs.",
+    )
+    auth_failure_limit: int = Field(
+        20,
+        ge=0,
+        description="Failed authentications per client address per minute before 429 (0: off).",
+    )
+    tls_certfile: Path | None = Field(
+        None, description="Certificate (PEM) for HTTPS on the listener; with BRIDGE_TLS_KEYFILE."
+    )
+    tls_keyfile: Path | None = Field(None, description="Private key (PEM) for HTTPS.")
+    # -- Kafka security ------------------------------------------------------------------------
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How to talk to Kafka."
+    )
+    kafka_sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "", description="SASL mechanism, with a SASL_* protocol."
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name.")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password.")
+    kafka_sasl_password_file: Path | None = Field(
+        None, description="File holding the SASL password."
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="CA bundle (PEM) to verify the brokers; default: the system's."
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS."
+    )
+    kafka_ssl_keyfile: Path | None = Field(None, description="Client key (PEM) for mutual TLS.")
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest request body accepted, bytes."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name in SECRET_FILES:
+            path = data.get(f"{name}_file")
+            if path:
+                try:
+                    data[name] = Path(path).read_text().strip().replace("\n", ",")
+                except OSError as exc:
+                    raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        return data
 
     @field_validator("spool_dir", mode="before")
     @classmethod
@@ -95,6 +167,11 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def tokens(self) -> list[str]:
+        raw = self.auth_tokens.get_secret_value()
+        return [t.strip() for t in raw.split(",") if t.strip()]
+
+    @property
     def bootstrap_servers(self) -> list[str]:
         return [s.strip() for s in self.kafka_bootstrap_servers.split(",") if s.strip()]
 
@@ -102,15 +179,75 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Read the settings, turning validation errors into one line that names the variable."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            name = ENV_PREFIX + "_".join(str(p) for p in error["loc"]).upper()
+            field = "_".join(str(p) for p in error["loc"])
             value = error.get("input")
-            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            secret = field in SECRET_FILES or isinstance(value, dict)
+            shown = "" if secret else f" (got {value!r})"
+            name = ENV_PREFIX + field.upper() if field else "settings"
             lines.append(f"{name}: {error['msg']}{shown}")
         raise ConfigError("invalid setting " + "; ".join(lines)) from None
+    _check_together(settings)
+    return settings
+
+
+def _check_together(s: Settings) -> None:
+    """Settings that only make sense together; each error names the variable to set."""
+
+    def require(condition: bool, name: str, why: str) -> None:
+        if not condition:
+            raise ConfigError(f"invalid setting {ENV_PREFIX}{name}: {why}")
+
+    sasl = s.kafka_security_protocol.startswith("SASL_")
+    require(
+        not sasl or bool(s.kafka_sasl_mechanism),
+        "KAFKA_SASL_MECHANISM",
+        f"required with BRIDGE_KAFKA_SECURITY_PROTOCOL={s.kafka_security_protocol}",
+    )
+    require(
+        not s.kafka_sasl_mechanism or sasl,
+        "KAFKA_SECURITY_PROTOCOL",
+        "must be SASL_PLAINTEXT or SASL_SSL when a SASL mechanism is set",
+    )
+    if s.kafka_sasl_mechanism:
+        require(bool(s.kafka_sasl_username), "KAFKA_SASL_USERNAME", "required with SASL")
+        require(
+            bool(s.kafka_sasl_password.get_secret_value()),
+            "KAFKA_SASL_PASSWORD",
+            "required with SASL (or BRIDGE_KAFKA_SASL_PASSWORD_FILE)",
+        )
+    require(
+        (s.tls_certfile is None) == (s.tls_keyfile is None),
+        "TLS_KEYFILE" if s.tls_keyfile is None else "TLS_CERTFILE",
+        "HTTPS needs both BRIDGE_TLS_CERTFILE and BRIDGE_TLS_KEYFILE",
+    )
+    require(
+        (s.kafka_ssl_certfile is None) == (s.kafka_ssl_keyfile is None),
+        "KAFKA_SSL_KEYFILE" if s.kafka_ssl_keyfile is None else "KAFKA_SSL_CERTFILE",
+        "mutual TLS needs both the certificate and the key",
+    )
+    for name in (
+        "tls_certfile",
+        "tls_keyfile",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+    ):
+        path = getattr(s, name)
+        require(path is None or path.is_file(), name.upper(), f"{path} is not a readable file")
+    for name in ("allowed_cidrs", "trusted_proxies"):
+        try:
+            networks(getattr(s, name))
+        except ValueError as exc:
+            require(False, name.upper(), str(exc))  # noqa: FBT003
+
+
+def networks(text: str) -> list[IPv4Network | IPv6Network]:
+    """Comma-separated CIDRs (a bare address is a /32 or /128)."""
+    return [ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip()]
 
 
 def settings_table() -> str:

@@ -25,6 +25,13 @@ T = TypeVar("T")
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "notifications"
 
 
+@pytest.fixture(autouse=True)
+def _open_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In-process apps in tests serve without a token unless a test sets one; the processes
+    # started by tests get their environment explicitly, with a token.
+    monkeypatch.setenv("BRIDGE_ALLOW_UNAUTHENTICATED", "true")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Any test that needs the real broker is marked `kafka`, so `-m "not kafka"` runs the rest.
     for item in items:

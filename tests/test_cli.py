@@ -22,10 +22,12 @@ from bridge.settings import Settings
 from tests.conftest import sample, sample_bytes
 
 BRIDGE = [sys.executable, "-m", "bridge"]
+TOKEN = "cli-test-token-Zq8"
 
 
 def environment(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env["BRIDGE_AUTH_TOKENS"] = TOKEN
     env.update(values)
     return env
 
@@ -90,6 +92,14 @@ def test_a_bad_setting_stops_the_start_with_one_line() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_serve_refuses_to_start_without_a_token() -> None:
+    result = run("serve", env=environment(BRIDGE_AUTH_TOKENS=""))
+    assert result.returncode == 2
+    assert "BRIDGE_AUTH_TOKENS" in result.stderr
+    assert "BRIDGE_ALLOW_UNAUTHENTICATED" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_an_unreachable_broker_is_reported_clearly() -> None:
     env = environment(
         BRIDGE_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
@@ -106,7 +116,7 @@ def test_serve_then_tail_shows_the_case_rebuilt_exactly(
     serving: tuple[Settings, dict[str, str]],
 ) -> None:
     settings, env = serving
-    url = f"http://127.0.0.1:{settings.port}/webhooks/airudder"
+    url = f"http://127.0.0.1:{settings.port}/webhooks/airudder/{TOKEN}"
     for kind in ("call", "chatbot"):
         assert httpx2.post(url, content=sample_bytes(kind)).status_code == 200
     tailed = run("tail", "--case-id", "12345.0", "--from-beginning", "--until-idle", "2", env=env)
@@ -131,7 +141,7 @@ def test_tail_shows_dead_letters_with_their_reason(
     serving: tuple[Settings, dict[str, str]],
 ) -> None:
     settings, env = serving
-    url = f"http://127.0.0.1:{settings.port}/webhooks/airudder"
+    url = f"http://127.0.0.1:{settings.port}/webhooks/airudder/{TOKEN}"
     assert httpx2.post(url, content=b"\xff\xfe not json").status_code == 200
     tailed = run("tail", "--type", "dlq", "--from-beginning", "--until-idle", "1.5", env=env)
     [doc] = [orjson.loads(line) for line in tailed.stdout.splitlines()]
@@ -145,7 +155,7 @@ def test_dev_starts_a_broker_serves_and_stops_both_on_ctrl_c(broker: EmbeddedBro
     port = free_port()
     process = subprocess.Popen(
         [*BRIDGE, "dev"],
-        env=environment(BRIDGE_PORT=str(port)),
+        env=environment(BRIDGE_PORT=str(port), BRIDGE_AUTH_TOKENS=""),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -156,9 +166,12 @@ def test_dev_starts_a_broker_serves_and_stops_both_on_ctrl_c(broker: EmbeddedBro
         banner = ""
         while "bridge tail" not in banner:
             banner += process.stdout.readline()
-        assert f"http://127.0.0.1:{port}/webhooks/airudder" in banner
         curl = re.search(r"--data-binary @(\S+) (\S+)", banner)
         assert curl is not None
+        assert curl.group(2).startswith(f"http://127.0.0.1:{port}/webhooks/airudder/")
+        assert len(curl.group(2).rpartition("/")[2]) >= 32  # a generated token
+        bare = httpx2.post(curl.group(2).rpartition("/")[0], content=b"{}")
+        assert bare.status_code == 404
         assert Path(curl.group(1)).is_file()
         response = httpx2.post(curl.group(2), content=Path(curl.group(1)).read_bytes())
         assert response.status_code == 200

@@ -84,7 +84,7 @@ class Bridge:
 
     def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
         self.env, self.port, self.log = env, port, log
-        self.url = f"http://127.0.0.1:{port}/webhooks/airudder"
+        self.url = f"http://127.0.0.1:{port}/webhooks/airudder/{env['BRIDGE_AUTH_TOKENS']}"
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -200,6 +200,7 @@ def bridge_env(kafka_settings: Settings, proxy: Proxy) -> dict[str, str]:
         BRIDGE_PORT=str(kafka_settings.port),
         BRIDGE_SPOOL_DIR=str(kafka_settings.spool_dir),
         BRIDGE_LOG_LEVEL="info",
+        BRIDGE_AUTH_TOKENS="fault-token",
     )
     return env
 
