@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
+from uvicorn._types import ASGIApplication
 
 from bridge import __version__
 from bridge.app import WEBHOOK_PATH
@@ -28,6 +29,7 @@ from bridge.routing import DLQ, all_topics
 from bridge.settings import Settings, load_settings
 from bridge.tail import TailOptions, tail
 
+APP = "bridge.app:create_app"
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "notifications" / "call.json"
 
 
@@ -129,10 +131,11 @@ class _Server(uvicorn.Server):
             self._captured_signals.clear()
 
 
-def _run_server(settings: Settings) -> None:
-    config = uvicorn.Config(
-        "bridge.app:create_app",
-        factory=True,
+def server_config(settings: Settings, app: ASGIApplication | str = APP) -> uvicorn.Config:
+    """How bridge runs under uvicorn; tests run the same configuration."""
+    return uvicorn.Config(
+        app,
+        factory=isinstance(app, str),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -143,10 +146,15 @@ def _run_server(settings: Settings) -> None:
         timeout_graceful_shutdown=math.ceil(settings.ack_timeout) + 2,
         limit_concurrency=settings.max_connections,
         server_header=False,
+        # X-Forwarded-For is read by bridge itself, from BRIDGE_TRUSTED_PROXIES only.
+        proxy_headers=False,
         ssl_certfile=settings.tls_certfile,
         ssl_keyfile=settings.tls_keyfile,
     )
-    _Server(config).run()
+
+
+def _run_server(settings: Settings) -> None:
+    _Server(server_config(settings)).run()
 
 
 def _dev(args: argparse.Namespace) -> int:

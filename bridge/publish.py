@@ -7,10 +7,11 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
 
 from bridge.errors import BrokerUnavailable, PublishError
 from bridge.routing import Headers
@@ -42,6 +43,26 @@ class Message:
     offset: int
 
 
+def kafka_options(s: Settings) -> dict[str, Any]:
+    """Connection and security options shared by every Kafka client of bridge."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": s.bootstrap_servers,
+        "client_id": s.kafka_client_id,
+        "security_protocol": s.kafka_security_protocol,
+    }
+    if s.kafka_security_protocol in {"SSL", "SASL_SSL"}:
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None,
+            certfile=str(s.kafka_ssl_certfile) if s.kafka_ssl_certfile else None,
+            keyfile=str(s.kafka_ssl_keyfile) if s.kafka_ssl_keyfile else None,
+        )
+    if s.kafka_sasl_mechanism:
+        options["sasl_mechanism"] = s.kafka_sasl_mechanism
+        options["sasl_plain_username"] = s.kafka_sasl_username
+        options["sasl_plain_password"] = s.kafka_sasl_password.get_secret_value()
+    return options
+
+
 class Publisher(Protocol):
     async def start(self) -> None: ...
 
@@ -69,8 +90,7 @@ class KafkaPublisher:
     async def start(self) -> None:
         s = self._settings
         producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=s.kafka_client_id,
+            **kafka_options(s),
             acks="all",
             enable_idempotence=s.kafka_enable_idempotence,
             linger_ms=s.kafka_linger_ms,

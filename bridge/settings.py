@@ -151,7 +151,8 @@ class Settings(BaseSettings):
                 try:
                     data[name] = Path(path).read_text().strip().replace("\n", ",")
                 except OSError as exc:
-                    raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+                    variable = f"{ENV_PREFIX}{name.upper()}_FILE"
+                    raise ValueError(f"{variable}: cannot read {path}: {exc.strerror}") from None
         return data
 
     @field_validator("spool_dir", mode="before")
@@ -187,8 +188,8 @@ def load_settings(**overrides: object) -> Settings:
             value = error.get("input")
             secret = field in SECRET_FILES or isinstance(value, dict)
             shown = "" if secret else f" (got {value!r})"
-            name = ENV_PREFIX + field.upper() if field else "settings"
-            lines.append(f"{name}: {error['msg']}{shown}")
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"{ENV_PREFIX}{field.upper()}: {message}{shown}" if field else message)
         raise ConfigError("invalid setting " + "; ".join(lines)) from None
     _check_together(settings)
     return settings

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from bridge.encode import Codec
 from bridge.errors import InvalidNotification
 from bridge.mapping import Mapper
+from bridge.publish import kafka_options
 from bridge.routing import DLQ, topic_for
 from bridge.schemas import Schema, load_schemas
 from bridge.settings import Settings
@@ -108,8 +109,7 @@ async def tail(settings: Settings, options: TailOptions, out: IO[str] = sys.stdo
     """Print the records; return how many were printed."""
     decoder = Decoder()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.kafka_client_id}-tail",
+        **{**kafka_options(settings), "client_id": f"{settings.kafka_client_id}-tail"},
         enable_auto_commit=False,
         group_id=None,
     )

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from bridge.app import create_app
 from bridge.broker import EmbeddedBroker, create_topics, free_port
+from bridge.cli import server_config
 from bridge.publish import Publisher
 from bridge.routing import all_topics
 from bridge.settings import Settings, load_settings
@@ -98,15 +99,7 @@ def server(kafka_settings: Settings) -> Iterator[RunningServer]:
 
 def run_server(settings: Settings, publisher: Publisher | None = None) -> Iterator[RunningServer]:
     """A real uvicorn server in a thread, as httpx's own test suite does."""
-    config = uvicorn.Config(
-        create_app(settings, publisher),
-        host="127.0.0.1",
-        port=settings.port,
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(settings, create_app(settings, publisher)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
