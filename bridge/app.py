@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TypedDict
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,6 +28,7 @@ lifecycle = logging.getLogger("bridge.lifecycle")
 
 WEBHOOK_PATH = "/webhooks/airudder"
 _EMPTY_OBJECT = b"{}"
+OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -57,14 +59,15 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     require_credentials(settings)
     guard = Guard(settings)
     publisher = publisher or KafkaPublisher(settings)
-    spool = Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_dir else None
-    pipeline = Pipeline(settings, publisher, spool=spool)
+    pipeline = Pipeline(settings, publisher)
     pipeline.metrics.watch(pipeline)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[State]:
         # Opened in order, closed in reverse, each close bounded in time.
-        if spool is not None:
+        spool = None
+        if settings.spool_dir is not None:
+            spool = Spool(settings.spool_dir, settings.spool_max_bytes)
             report = await spool.open()
             for problem in report.problems:
                 lifecycle.error("%s", problem)
@@ -81,6 +84,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
                 spool.depth,
                 report.quarantined,
             )
+            pipeline.attach(spool)
             await pipeline.dedup.load()
         try:
             await publisher.start()
@@ -102,6 +106,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers={BridgeError: bridge_error},
         lifespan=lifespan,
@@ -119,9 +124,10 @@ async def _shutdown(pipeline: Pipeline, drainer: asyncio.Task[None]) -> None:
     with contextlib.suppress(BridgeError):
         await pipeline.dedup.flush()
     await pipeline.publisher.stop(timeout=budget / 2)
-    if pipeline.spool is not None:
-        lifecycle.info("stopping with %d entries in the spool", pipeline.spool.depth)
-        await pipeline.spool.close()
+    spool = pipeline.attach(None)
+    if spool is not None:
+        lifecycle.info("stopping with %d entries in the spool", spool.depth)
+        await spool.close()
 
 
 async def receive_notification(request: Request) -> Response:
@@ -230,6 +236,10 @@ async def bridge_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(
         {"error": exc.code, "detail": str(exc)}, status_code=exc.status, headers=headers
     )
+
+
+async def openapi(_: Request) -> Response:
+    return Response(OPENAPI, media_type="application/json")
 
 
 async def metrics(request: Request) -> Response:

@@ -1,11 +1,18 @@
-"""The one exception tree of bridge.
+"""The one exception tree of bridge. Each class says its HTTP status and whether the
+vendor should retry (`retriable`: answered with `Retry-After`).
 
-BridgeError                  status, retriable
- +-- ConfigError             bad settings; start refused
- +-- InvalidNotification     the body cannot be typed; goes to the dead-letter topic
- +-- PublishError            Kafka did not acknowledge; retriable, answered 503
- |    +-- PublishTimeout     no acknowledgement within the ack budget
- +-- BrokerUnavailable       Kafka cannot be reached at start
+BridgeError                  status
+ +-- ConfigError             -     bad settings; start refused
+ +-- InvalidNotification     200   cannot be typed; stored in the dead-letter topic
+ +-- PayloadTooLarge         413   not even the raw body fits in a Kafka record
+ +-- PublishError            503   Kafka did not acknowledge; retriable
+ |    +-- PublishTimeout     503   no acknowledgement within the ack budget
+ |    +-- PublishRejected    422   Kafka refused the record for good; not retriable
+ +-- BrokerUnavailable       503   Kafka cannot be reached (at start)
+ +-- Unavailable             503   cannot take the notification now; retriable
+      +-- Overloaded         503   too many notifications in flight
+      +-- SpoolError         503   the spool cannot take it (disk error)
+           +-- SpoolFull     503   the spool is at its size limit
 """
 
 from __future__ import annotations
@@ -45,6 +52,21 @@ class PublishError(BridgeError):
 
     status = 503
     retriable = True
+
+
+class PublishRejected(PublishError):
+    """Kafka refused the record for good (too large, not authorised...): retrying cannot help."""
+
+    status = 422
+    retriable = False
+    code = "kafka_rejected"
+
+
+class PayloadTooLarge(BridgeError):
+    """Not even the raw body fits in a Kafka record."""
+
+    status = 413
+    code = "too_large_for_kafka"
 
 
 class PublishTimeout(PublishError):

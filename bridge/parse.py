@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -11,6 +12,12 @@ import orjson
 from bridge.errors import InvalidNotification
 
 TYPES: Final = ("call", "waba_template", "chatbot")
+MAX_DEPTH: Final = 254  # orjson's limit when writing; every record must be writable
+# A cheap test first (a run of 20 digits anywhere), the exact one only when it passes.
+_DIGITS_ONLY: Final = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_TWENTY_DIGITS: Final = b"0" * 20
+_STRING_OR_LONG_NUMBER: Final = re.compile(rb'"(?:[^"\\]|\\.)*"|-?\d{20,}')
+_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1  # what orjson reads exactly
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,15 +32,35 @@ def parse_notification(body: bytes) -> Notification:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidNotification("not-json", str(exc)) from None
+        reason = "too-deep" if "depth limit" in str(exc) else "not-json"
+        raise InvalidNotification(reason, str(exc)) from None
     if not isinstance(data, dict):
         raise InvalidNotification("not-an-object", type(data).__name__)
+    # orjson keeps the last of duplicate keys, silently: refuse instead (nothing may be lost).
+    # Each key brings one ':' outside strings, in the body and in its re-serialisation alike.
+    try:
+        canonical = orjson.dumps(data)
+    except TypeError:  # orjson writes at most 254 levels (and reads 1024)
+        raise InvalidNotification("too-deep", f"nested deeper than {MAX_DEPTH} levels") from None
+    if body.count(b":") > canonical.count(b":"):
+        raise InvalidNotification("duplicate-keys")
+    # orjson reads integers beyond 64 bits as floats, losing digits: refuse those too.
+    if _TWENTY_DIGITS in body.translate(_DIGITS_ONLY) and _has_huge_integer(body):
+        raise InvalidNotification("number-out-of-range", "an integer beyond 64 bits")
     kind = data.get("type")
     if kind not in TYPES:
         raise InvalidNotification("unknown-type", repr(kind)[:100])
     return Notification(
         type=kind, case_id=case_id_of(data), event_id=event_id_of(kind, data), data=data
     )
+
+
+def _has_huge_integer(body: bytes) -> bool:
+    for match in _STRING_OR_LONG_NUMBER.finditer(body):
+        token = match.group()
+        if not token.startswith(b'"') and not _INT_MIN <= int(token) <= _UINT_MAX:
+            return True
+    return False
 
 
 def case_id_of(data: dict[str, Any]) -> str:

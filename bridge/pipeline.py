@@ -27,7 +27,9 @@ from bridge.encode import Codec
 from bridge.errors import (
     InvalidNotification,
     Overloaded,
+    PayloadTooLarge,
     PublishError,
+    PublishRejected,
     PublishTimeout,
     SpoolError,
 )
@@ -43,6 +45,7 @@ from bridge.spool import Spool, SpoolEntry
 logger = logging.getLogger(__name__)
 
 DRAIN_BATCH = 500
+RECORD_OVERHEAD = 1024  # record batch and record headers, generously
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +84,20 @@ class Pipeline:
         self.schemas = schemas or load_schemas()
         self.mappers = {kind: Mapper(schema) for kind, schema in self.schemas.items()}
         self.codec = Codec(self.schemas)
-        self.spool = spool
-        self.dedup = Deduplicator(settings.dedup_window, settings.dedup_max_entries, spool)
+        self.spool: Spool | None = None
+        self.dedup = Deduplicator(settings.dedup_window, settings.dedup_max_entries)
+        self.attach(spool)
         self.metrics = Metrics()
         self.kafka_up = True  # false from a failed publish until the next acknowledgement
         self.in_flight = 0
+
+    def attach(self, spool: Spool | None) -> Spool | None:
+        """Use `spool` (opened by the lifespan) from now on; return the one used before."""
+        previous, self.spool = self.spool, spool
+        self.dedup = Deduplicator(
+            self.settings.dedup_window, self.settings.dedup_max_entries, spool
+        )
+        return previous
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -113,7 +125,7 @@ class Pipeline:
         except (ValueError, TypeError, OverflowError) as exc:  # fastavro refused the record
             invalid = InvalidNotification("encode-failed", f"{type(exc).__name__}: {exc}")
             return self._dead_letter(body, invalid, content_type, received_at)
-        return Prepared(
+        prepared = Prepared(
             type=notification.type,
             case_id=notification.case_id,
             event_id=notification.event_id,
@@ -122,13 +134,22 @@ class Pipeline:
             value=value,
             headers=headers_for(notification, self.schemas[notification.type], received_at),
         )
+        if self._fits(prepared):
+            return prepared
+        too_large = InvalidNotification("too-large", f"record of {len(value)} bytes")
+        return self._dead_letter(body, too_large, content_type, received_at)
+
+    def _fits(self, prepared: Prepared) -> bool:
+        size = len(prepared.value) + len(prepared.key or b"")
+        size += sum(len(k) + len(v) for k, v in prepared.headers)
+        return size + RECORD_OVERHEAD <= self.settings.kafka_max_request_size
 
     def _dead_letter(
         self, body: bytes, exc: InvalidNotification, content_type: str, received_at: float
     ) -> Prepared:
         headers = dead_letter_headers(exc.reason, exc.detail, content_type, body, received_at)
         case_id = _best_effort_case_id(body)
-        return Prepared(
+        prepared = Prepared(
             type=DLQ,
             case_id=case_id,
             event_id=headers[0][1].decode(),
@@ -138,6 +159,12 @@ class Pipeline:
             headers=headers,
             reason=exc.reason,
         )
+        if not self._fits(prepared):
+            raise PayloadTooLarge(
+                f"a body of {len(body)} bytes does not fit in a Kafka record "
+                f"(BRIDGE_KAFKA_MAX_REQUEST_SIZE={self.settings.kafka_max_request_size})"
+            )
+        return prepared
 
     async def accept(
         self, body: bytes, content_type: str = "", received_at: float | None = None
@@ -160,6 +187,9 @@ class Pipeline:
             delivery = await self._publish(
                 prepared.topic, prepared.key, prepared.value, prepared.headers
             )
+        except PublishRejected:
+            self.metrics.kafka_errors.labels("publish").inc()
+            raise  # for good: spooling it would only block the spool
         except PublishError as exc:
             self.kafka_up = False
             self.metrics.kafka_errors.labels("publish").inc()
@@ -226,7 +256,14 @@ class Pipeline:
             done = [e for e, r in zip(wave, results, strict=True) if isinstance(r, Delivery)]
             await self.spool.remove(done)
             sent += len(done)
-            failed = [r for r in results if isinstance(r, BaseException)]
+            for entry, result in zip(wave, results, strict=True):
+                if isinstance(result, PublishRejected):  # never block the rest
+                    await self.spool.quarantine(entry, str(result))
+            failed = [
+                r
+                for r in results
+                if isinstance(r, BaseException) and not isinstance(r, PublishRejected)
+            ]
             if failed:
                 self.kafka_up = False
                 if isinstance(failed[0], PublishError):

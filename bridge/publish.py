@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
-from bridge.errors import BrokerUnavailable, PublishError
+from bridge.errors import BrokerUnavailable, PublishError, PublishRejected
 from bridge.routing import Headers
 from bridge.settings import Settings
 
@@ -95,6 +95,7 @@ class KafkaPublisher:
             enable_idempotence=s.kafka_enable_idempotence,
             linger_ms=s.kafka_linger_ms,
             max_batch_size=s.kafka_max_batch_size,
+            max_request_size=s.kafka_max_request_size,
             request_timeout_ms=s.kafka_request_timeout_ms,
         )
         try:
@@ -123,7 +124,8 @@ class KafkaPublisher:
         try:
             meta = await self._producer.send_and_wait(topic, value, key=key, headers=headers)
         except KafkaError as exc:
-            raise PublishError(f"{type(exc).__name__}: {exc}") from exc
+            error = PublishError if exc.retriable else PublishRejected
+            raise error(f"{type(exc).__name__}: {exc}") from exc
         return Delivery(meta.topic, meta.partition, meta.offset)
 
     async def check(self) -> str | None:

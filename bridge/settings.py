@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     kafka_max_batch_size: int = Field(
         16384, ge=1024, description="Largest producer batch per partition, bytes."
     )
+    kafka_max_request_size: int = Field(
+        1024 * 1024 + 64 * 1024,
+        ge=64 * 1024,
+        description="Largest record sent, bytes (keep the topics' max.message.bytes at least "
+        "this); a notification that does not fit goes to the DLQ, a raw body that does not "
+        "fit is answered 413.",
+    )
     kafka_request_timeout_ms: int = Field(
         30000, ge=1000, description="Kafka request timeout in ms."
     )

@@ -296,15 +296,26 @@ class Spool:
                 )
             except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
                 logger.error("spool entry %d is damaged (%s): moved to quarantine", seq, exc)  # noqa: TRY400
-                db.execute("BEGIN")
-                db.execute(
-                    f"INSERT INTO quarantine SELECT {_COLUMNS}, ?, ? FROM spool WHERE seq = ?",
-                    (str(exc), time.time(), seq),
-                )
-                db.execute("DELETE FROM spool WHERE seq = ?", (seq,))
-                db.execute("COMMIT")
+                self._quarantine(seq, str(exc))
                 damaged.append((key, len(value or b"") + len(key or b"") + 64))
         return entries, damaged
+
+    async def quarantine(self, entry: SpoolEntry, reason: str) -> None:
+        """Move an entry Kafka refuses for good out of the way, keeping it for the operator."""
+        logger.error("spool entry %d refused by Kafka (%s): moved to quarantine", entry.seq, reason)
+        await self._run(self._quarantine, entry.seq, reason)
+        self._forget(entry.key, entry.size)
+        self.quarantined += 1
+
+    def _quarantine(self, seq: int, reason: str) -> None:
+        db = self._conn()
+        db.execute("BEGIN")
+        db.execute(
+            f"INSERT INTO quarantine SELECT {_COLUMNS}, ?, ? FROM spool WHERE seq = ?",
+            (reason, time.time(), seq),
+        )
+        db.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+        db.execute("COMMIT")
 
     async def remove(self, entries: Iterable[SpoolEntry]) -> None:
         done = list(entries)
