@@ -20,6 +20,7 @@ from bridge.auth import Guard, bearer_token, require_credentials
 from bridge.errors import BridgeError
 from bridge.pipeline import Pipeline
 from bridge.publish import KafkaPublisher, Publisher
+from bridge.registry import SchemaRegistry
 from bridge.settings import Settings, load_settings
 from bridge.spool import Spool
 
@@ -86,9 +87,14 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
             )
             pipeline.attach(spool)
             await pipeline.dedup.load()
+        registry = SchemaRegistry(settings) if settings.schema_registry_url else None
         try:
+            if registry is not None:
+                await pipeline.use_registry(registry)
             await publisher.start()
         except BaseException:
+            if registry is not None:
+                await registry.close()
             if spool is not None:
                 await spool.close()
             raise
@@ -124,6 +130,8 @@ async def _shutdown(pipeline: Pipeline, drainer: asyncio.Task[None]) -> None:
     with contextlib.suppress(BridgeError):
         await pipeline.dedup.flush()
     await pipeline.publisher.stop(timeout=budget / 2)
+    if pipeline.registry is not None:
+        await pipeline.registry.close()
     spool = pipeline.attach(None)
     if spool is not None:
         lifecycle.info("stopping with %d entries in the spool", spool.depth)

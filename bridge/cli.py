@@ -18,13 +18,16 @@ from pathlib import Path
 import uvicorn
 from uvicorn._types import ASGIApplication
 
-from bridge import __version__
+from bridge import __version__, schema_tools
 from bridge.app import WEBHOOK_PATH
 from bridge.auth import require_credentials
 from bridge.broker import EmbeddedBroker, create_topics, free_port
+from bridge.compat import LEVELS
 from bridge.errors import BridgeError, ConfigError
 from bridge.parse import TYPES
+from bridge.pipeline import Pipeline
 from bridge.publish import KafkaPublisher
+from bridge.registry import SchemaRegistry
 from bridge.routing import DLQ, all_topics
 from bridge.settings import Settings, load_settings
 from bridge.tail import TailOptions, tail
@@ -92,6 +95,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     tail_.set_defaults(run=_tail)
 
+    schemas = commands.add_parser(
+        "schemas", help="list, check, register or snapshot the Avro schemas (for CI/CD)"
+    )
+    schema_commands = schemas.add_subparsers(required=True, metavar="ACTION")
+    listing = schema_commands.add_parser(
+        "list", help="each type's schema, subject, fingerprint and registry id"
+    )
+    listing.add_argument("--format", choices=["table", "json"], default="table")
+    listing.set_defaults(run=_schemas_list)
+    check = schema_commands.add_parser(
+        "check",
+        help="check compatibility against avro/history/ and the registry's latest version; "
+        "exit 1 naming the field when incompatible",
+    )
+    check.add_argument(
+        "--level",
+        choices=list(LEVELS),
+        help="compatibility level (default: BRIDGE_SCHEMA_COMPATIBILITY, BACKWARD)",
+    )
+    check.set_defaults(run=_schemas_check)
+    register = schema_commands.add_parser(
+        "register", help="register the current schemas under their subjects"
+    )
+    register.set_defaults(run=_schemas_register)
+    keep = schema_commands.add_parser(
+        "snapshot", help="keep each changed schema as the next version in avro/history/"
+    )
+    keep.set_defaults(run=_schemas_snapshot)
+
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=lambda _: print(f"bridge {__version__}") or 0)
     return parser
@@ -109,13 +141,19 @@ def _serve(_: argparse.Namespace) -> int:
     settings = load_settings()
     require_credentials(settings)
     _configure_logging(settings)
-    asyncio.run(_check_kafka(settings))
+    asyncio.run(_preflight(settings))
     _run_server(settings)
     return 0
 
 
-async def _check_kafka(settings: Settings) -> None:
-    """Fail at start, with one clear line, when Kafka cannot be reached."""
+async def _preflight(settings: Settings) -> None:
+    """Fail at start, with one clear line, when Kafka or the schema registry is not right."""
+    if settings.schema_registry_url:
+        registry = SchemaRegistry(settings)
+        try:
+            await Pipeline(settings, KafkaPublisher(settings)).use_registry(registry)
+        finally:
+            await registry.close()
     publisher = KafkaPublisher(settings)
     await publisher.start()
     await publisher.stop(timeout=5.0)
@@ -207,6 +245,42 @@ def _banner(settings: Settings, broker: EmbeddedBroker, url: str) -> str:
             "",
         ]
     )
+
+
+def _schemas_list(args: argparse.Namespace) -> int:
+    asyncio.run(schema_tools.list_schemas(load_settings(), as_json=args.format == "json"))
+    return 0
+
+
+def _schemas_check(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    level = args.level or settings.schema_compatibility
+    report = asyncio.run(schema_tools.check_schemas(settings, level))
+    for line in report.checked:
+        print(f"checked  {line}")
+    for failure in report.failures:
+        print(f"INCOMPATIBLE  {failure}", file=sys.stderr)
+    if report.failures:
+        return 1
+    print(f"compatible ({level})")
+    return 0
+
+
+def _schemas_register(_: argparse.Namespace) -> int:
+    for kind, (subject, schema_id) in asyncio.run(
+        schema_tools.register_schemas(load_settings())
+    ).items():
+        print(f"{kind}: subject {subject} id {schema_id}")
+    return 0
+
+
+def _schemas_snapshot(_: argparse.Namespace) -> int:
+    written = schema_tools.snapshot()
+    for path in written:
+        print(f"kept {path}")
+    if not written:
+        print("no schema changed since the last version in avro/history/")
+    return 0
 
 
 def _tail(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from bridge.mapping import Mapper
 from bridge.metrics import Metrics
 from bridge.parse import case_id_of, parse_notification
 from bridge.publish import Delivery, Publisher
+from bridge.registry import SchemaRegistry, resolve_ids, subjects
 from bridge.routing import DLQ, Headers, dead_letter_headers, headers_for, topic_for
 from bridge.schemas import Schema, load_schemas
 from bridge.settings import Settings
@@ -84,12 +85,25 @@ class Pipeline:
         self.schemas = schemas or load_schemas()
         self.mappers = {kind: Mapper(schema) for kind, schema in self.schemas.items()}
         self.codec = Codec(self.schemas)
+        self.registry: SchemaRegistry | None = None
         self.spool: Spool | None = None
         self.dedup = Deduplicator(settings.dedup_window, settings.dedup_max_entries)
         self.attach(spool)
         self.metrics = Metrics()
         self.kafka_up = True  # false from a failed publish until the next acknowledgement
         self.in_flight = 0
+
+    async def use_registry(self, registry: SchemaRegistry) -> None:
+        """Write in the Confluent wire format with the ids the registry gives our schemas."""
+        s = self.settings
+        ids = await resolve_ids(
+            registry,
+            self.schemas,
+            subjects(s, self.schemas),
+            register=s.schema_registration == "auto",
+        )
+        self.codec = Codec(self.schemas, ids=ids)
+        self.registry = registry
 
     def attach(self, spool: Spool | None) -> Spool | None:
         """Use `spool` (opened by the lifespan) from now on; return the one used before."""
@@ -279,6 +293,9 @@ class Pipeline:
         """Ready when a notification can be stored: Kafka reachable, or room in the spool."""
         kafka_problem = await self.publisher.check()
         checks = {"kafka": kafka_problem or "ok"}
+        if self.registry is not None:
+            # Ids are cached: a registry outage does not stop storing; it is reported.
+            checks["schema_registry"] = await self.registry.check() or "ok"
         if self.spool is None:
             checks["spool"] = "disabled"
             return kafka_problem is None, checks

@@ -62,10 +62,16 @@ def read_definitions(directory: Path) -> dict[str, dict[str, Any]]:
 
 def build(fullname: str, definitions: dict[str, dict[str, Any]]) -> Schema:
     """Expand `fullname` with the shared types it references and fingerprint it."""
-    expanded = _expand(definitions[fullname], definitions, defined=set(), namespace=NAMESPACE)
+    return from_definition(
+        _expand(definitions[fullname], definitions, defined=set(), namespace=NAMESPACE)
+    )
+
+
+def from_definition(expanded: dict[str, Any]) -> Schema:
+    """A self-contained schema (as in avro/history/ or from a registry), fingerprinted."""
     canonical = to_parsing_canonical_form(expanded)
     return Schema(
-        fullname=fullname,
+        fullname=_fullname(expanded["name"], expanded.get("namespace", NAMESPACE)),
         definition=expanded,
         parsed=cast("dict[str, Any]", parse_schema(copy.deepcopy(expanded))),
         canonical=canonical,
@@ -80,6 +86,26 @@ def load_schemas(directory: Path | None = None) -> dict[str, Schema]:
     if missing:
         raise ConfigError(f"schemas missing from {directory}: {sorted(missing)}")
     return {kind: build(name, definitions) for kind, name in RECORD_NAMES.items()}
+
+
+def history_dir(directory: Path | None = None) -> Path:
+    return (directory or default_schema_dir()) / "history"
+
+
+def load_history(directory: Path | None = None) -> dict[str, list[tuple[str, Schema]]]:
+    """Every published version of each type's schema, oldest first: avro/history/<type>/vN.avsc."""
+    history: dict[str, list[tuple[str, Schema]]] = {}
+    for kind in RECORD_NAMES:
+        files = sorted(
+            (history_dir(directory) / kind).glob("v*.avsc"), key=lambda p: int(p.stem[1:])
+        )
+        history[kind] = [(p.stem, from_definition(orjson.loads(p.read_bytes()))) for p in files]
+    return history
+
+
+def text(schema: Schema) -> str:
+    """The schema as registered and as kept in history: its expanded JSON."""
+    return orjson.dumps(schema.definition).decode()
 
 
 def _fullname(name: str, namespace: str) -> str:

@@ -15,7 +15,7 @@ from bridge.errors import ConfigError
 ENV_PREFIX = "BRIDGE_"
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]*")
 # Secrets that may also come from a file: BRIDGE_<NAME>_FILE.
-SECRET_FILES = ("auth_tokens", "kafka_sasl_password")
+SECRET_FILES = ("auth_tokens", "kafka_sasl_password", "schema_registry_password")
 
 
 class Settings(BaseSettings):
@@ -143,6 +143,35 @@ class Settings(BaseSettings):
         None, description="Client certificate (PEM) for mutual TLS."
     )
     kafka_ssl_keyfile: Path | None = Field(None, description="Client key (PEM) for mutual TLS.")
+    # -- schema registry -------------------------------------------------------------------
+    schema_registry_url: str = Field(
+        "",
+        description="Confluent-compatible schema registry; when set, values are written in the "
+        "Confluent wire format (else Avro single-object encoding).",
+    )
+    schema_registry_username: str = Field("", description="Registry basic-auth user.")
+    schema_registry_password: SecretStr = Field(
+        SecretStr(""), description="Registry basic-auth password."
+    )
+    schema_registry_password_file: Path | None = Field(
+        None, description="File holding the registry password."
+    )
+    schema_registry_ca_file: Path | None = Field(
+        None, description="CA bundle (PEM) to verify the registry; default: the system's."
+    )
+    schema_subject_strategy: Literal["topic", "record", "topic_record"] = Field(
+        "topic",
+        description="Subject naming: `<topic>-value`, `<record>`, or `<topic>-<record>`.",
+    )
+    schema_registration: Literal["lookup", "auto"] = Field(
+        "lookup",
+        description="`lookup`: use the schemas CI/CD registered, refuse to start if missing; "
+        "`auto`: register them at start (development).",
+    )
+    schema_compatibility: Literal["BACKWARD", "FORWARD", "FULL", "NONE"] = Field(
+        "BACKWARD",
+        description="Level `bridge schemas check` enforces against avro/history/.",
+    )
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest request body accepted, bytes."
     )
@@ -237,12 +266,18 @@ def _check_together(s: Settings) -> None:
         "KAFKA_SSL_KEYFILE" if s.kafka_ssl_keyfile is None else "KAFKA_SSL_CERTFILE",
         "mutual TLS needs both the certificate and the key",
     )
+    require(
+        not s.schema_registry_url or s.schema_registry_url.startswith(("http://", "https://")),
+        "SCHEMA_REGISTRY_URL",
+        "must be an http:// or https:// URL",
+    )
     for name in (
         "tls_certfile",
         "tls_keyfile",
         "kafka_ssl_cafile",
         "kafka_ssl_certfile",
         "kafka_ssl_keyfile",
+        "schema_registry_ca_file",
     ):
         path = getattr(s, name)
         require(path is None or path.is_file(), name.upper(), f"{path} is not a readable file")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -11,12 +12,13 @@ from typing import IO, Any
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from bridge.encode import Codec
+from bridge.encode import Codec, confluent_id
 from bridge.errors import InvalidNotification
 from bridge.mapping import Mapper
 from bridge.publish import kafka_options
+from bridge.registry import RegistryError, SchemaRegistry
 from bridge.routing import DLQ, topic_for
-from bridge.schemas import Schema, load_schemas
+from bridge.schemas import Schema, load_history, load_schemas
 from bridge.settings import Settings
 
 
@@ -32,16 +34,35 @@ class TailOptions:
 class Decoder:
     """Turns a consumed record into the JSON document `bridge tail --format json` prints."""
 
-    def __init__(self, schemas: dict[str, Schema] | None = None) -> None:
+    def __init__(
+        self, schemas: dict[str, Schema] | None = None, registry: SchemaRegistry | None = None
+    ) -> None:
         schemas = schemas or load_schemas()
-        self._codec = Codec(schemas)
+        # Every version kept in avro/history/ decodes too: old records stay readable.
+        history = [s for versions in load_history().values() for _, s in versions]
+        self._codec = Codec(schemas, known=history)
+        self._registry = registry
         self._mappers: dict[str, Mapper] = {}
+
+    async def learn(self, value: bytes) -> None:
+        """Fetch the writer schema of a Confluent-framed value from the registry, once."""
+        schema_id = confluent_id(value)
+        if schema_id is None or self._registry is None or self._codec.knows(schema_id):
+            return
+        with contextlib.suppress(RegistryError):  # then shown as an unknown schema id
+            self._codec.learn(schema_id, await self._registry.schema_by_id(schema_id))
 
     def _mapper(self, schema: Schema) -> Mapper:
         mapper = self._mappers.get(schema.fullname)
         if mapper is None or mapper.schema.fingerprint != schema.fingerprint:
-            mapper = self._mappers[schema.fullname] = Mapper(schema)
+            mapper = self._mappers[schema.fullname] = Mapper(self._with_our_properties(schema))
         return mapper
+
+    def _with_our_properties(self, schema: Schema) -> Schema:
+        # A registry may drop the `x-types` of our unions; a schema of ours with the same
+        # canonical form has them.
+        known = self._codec.by_fingerprint(schema.fingerprint)
+        return known if known is not None else schema
 
     def document(self, message: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
         headers = {k: v.decode("utf-8", "replace") for k, v in message.headers}
@@ -107,7 +128,8 @@ async def _partitions(consumer: AIOKafkaConsumer, topics: list[str]) -> list[Top
 
 async def tail(settings: Settings, options: TailOptions, out: IO[str] = sys.stdout) -> int:
     """Print the records; return how many were printed."""
-    decoder = Decoder()
+    registry = SchemaRegistry(settings) if settings.schema_registry_url else None
+    decoder = Decoder(registry=registry)
     consumer = AIOKafkaConsumer(
         **{**kafka_options(settings), "client_id": f"{settings.kafka_client_id}-tail"},
         enable_auto_commit=False,
@@ -135,6 +157,7 @@ async def tail(settings: Settings, options: TailOptions, out: IO[str] = sys.stdo
                 for message in messages:
                     if key is not None and message.key != key:
                         continue
+                    await decoder.learn(message.value or b"")
                     doc = decoder.document(message)
                     line = pretty(doc) if options.format == "pretty" else orjson.dumps(doc).decode()
                     print(line, file=out, flush=True)
@@ -145,3 +168,5 @@ async def tail(settings: Settings, options: TailOptions, out: IO[str] = sys.stdo
                 return printed
     finally:
         await consumer.stop()
+        if registry is not None:
+            await registry.close()

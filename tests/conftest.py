@@ -21,6 +21,7 @@ from bridge.cli import server_config
 from bridge.publish import Publisher
 from bridge.routing import all_topics
 from bridge.settings import Settings, load_settings
+from tests.registry_double import Registry
 
 T = TypeVar("T")
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "notifications"
@@ -98,8 +99,13 @@ def server(kafka_settings: Settings) -> Iterator[RunningServer]:
 
 
 def run_server(settings: Settings, publisher: Publisher | None = None) -> Iterator[RunningServer]:
-    """A real uvicorn server in a thread, as httpx's own test suite does."""
-    server = uvicorn.Server(server_config(settings, create_app(settings, publisher)))
+    """bridge on a real uvicorn server in a thread, as httpx's own test suite does."""
+    config = server_config(settings, create_app(settings, publisher))
+    for url in serve_in_thread(uvicorn.Server(config)):
+        yield RunningServer(url, settings)
+
+
+def serve_in_thread(server: uvicorn.Server) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
@@ -108,10 +114,27 @@ def run_server(settings: Settings, publisher: Publisher | None = None) -> Iterat
             pytest.fail("server did not start")
         time.sleep(0.02)
     try:
-        yield RunningServer(f"http://127.0.0.1:{settings.port}", settings)
+        yield f"http://127.0.0.1:{server.config.port}"
     finally:
         server.should_exit = True
         thread.join(20)
+
+
+@dataclass
+class RunningRegistry:
+    state: Registry
+    url: str
+
+
+@pytest.fixture
+def schema_registry() -> Iterator[RunningRegistry]:
+    """The registry test double, over real HTTP on a free port."""
+    state = Registry()
+    config = uvicorn.Config(
+        state.app(), host="127.0.0.1", port=free_port(), log_level="warning", lifespan="off"
+    )
+    for url in serve_in_thread(uvicorn.Server(config)):
+        yield RunningRegistry(state, url)
 
 
 async def consume(

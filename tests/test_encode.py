@@ -53,9 +53,9 @@ def test_decode_finds_the_writer_schema_by_fingerprint() -> None:
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
-        (b"", "not-single-object-encoding"),
-        (b'{"json": true}', "not-single-object-encoding"),
-        (b"\xc3\x01\x00", "not-single-object-encoding"),
+        (b"", "not-avro"),
+        (b'{"json": true}', "not-avro"),
+        (b"\xc3\x01\x00", "not-avro"),
         (b"\xc3\x01" + b"\x00" * 8 + b"\x00", "unknown-schema"),
     ],
 )

@@ -1,0 +1,113 @@
+"""`bridge schemas`: list, check, register, snapshot. What a CI pipeline runs before deploying."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from bridge.compat import problems
+from bridge.errors import ConfigError
+from bridge.registry import SchemaRegistry, subjects
+from bridge.schemas import history_dir, load_history, load_schemas
+from bridge.settings import Settings
+
+
+@dataclass
+class CheckReport:
+    checked: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+async def list_schemas(settings: Settings, out: IO[str] = sys.stdout, *, as_json: bool) -> None:
+    schemas = load_schemas()
+    names = subjects(settings, schemas)
+    ids: dict[str, int | None] = dict.fromkeys(schemas)
+    if settings.schema_registry_url:
+        registry = SchemaRegistry(settings)
+        try:
+            for kind, schema in schemas.items():
+                ids[kind] = await registry.lookup(names[kind], schema)
+        finally:
+            await registry.close()
+    rows = [
+        {
+            "type": kind,
+            "schema": schema.fullname,
+            "subject": names[kind],
+            "fingerprint": schema.fingerprint.hex(),
+            "registry_id": ids[kind],
+        }
+        for kind, schema in schemas.items()
+    ]
+    if as_json:
+        for row in rows:
+            print(json.dumps(row), file=out)
+        return
+    print(f"{'TYPE':14} {'SCHEMA':36} {'SUBJECT':36} {'FINGERPRINT':17} ID", file=out)
+    for r in rows:
+        shown = "-" if r["registry_id"] is None else r["registry_id"]
+        print(
+            f"{r['type']:14} {r['schema']:36} {r['subject']:36} {r['fingerprint']:17} {shown}",
+            file=out,
+        )
+
+
+async def check_schemas(
+    settings: Settings, level: str, schema_dir: Path | None = None
+) -> CheckReport:
+    """Each current schema against every version kept in avro/history/ (offline), and against
+    the registry's latest version when a registry is configured."""
+    report = CheckReport()
+    current = load_schemas(schema_dir)
+    for kind, versions in load_history(schema_dir).items():
+        for version, old in versions:
+            report.checked.append(f"{kind}: {version} ({level})")
+            report.failures += [
+                f"{kind}: against {version}: {p}"
+                for p in problems(current[kind].definition, old.definition, level)
+            ]
+    if settings.schema_registry_url:
+        registry = SchemaRegistry(settings)
+        try:
+            for kind, subject in subjects(settings, current).items():
+                ok, reasons = await registry.compatible(subject, current[kind])
+                report.checked.append(f"{kind}: registry subject {subject}")
+                if ok is False:
+                    why = "; ".join(reasons) or "incompatible"
+                    report.failures.append(f"{kind}: against the registry's {subject}: {why}")
+        finally:
+            await registry.close()
+    return report
+
+
+async def register_schemas(settings: Settings) -> dict[str, tuple[str, int]]:
+    if not settings.schema_registry_url:
+        raise ConfigError("invalid setting BRIDGE_SCHEMA_REGISTRY_URL: required to register")
+    schemas = load_schemas()
+    names = subjects(settings, schemas)
+    registry = SchemaRegistry(settings)
+    try:
+        return {
+            kind: (names[kind], await registry.register(names[kind], schema))
+            for kind, schema in schemas.items()
+        }
+    finally:
+        await registry.close()
+
+
+def snapshot(schema_dir: Path | None = None) -> list[Path]:
+    """Keep each current schema as the next version in avro/history/ when it changed."""
+    written = []
+    history = load_history(schema_dir)
+    for kind, schema in load_schemas(schema_dir).items():
+        versions = history[kind]
+        if versions and versions[-1][1].canonical == schema.canonical:
+            continue
+        path = history_dir(schema_dir) / kind / f"v{len(versions) + 1}.avsc"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(schema.definition, indent=2, ensure_ascii=False) + "\n")
+        written.append(path)
+    return written
