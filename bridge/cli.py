@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=list(LEVELS),
         help="compatibility level (default: BRIDGE_SCHEMA_COMPATIBILITY, BACKWARD)",
     )
+    check.add_argument(
+        "--schema-dir", type=Path, help="the schemas to check (default: the avro/ folder)"
+    )
     check.set_defaults(run=_schemas_check)
     register = schema_commands.add_parser(
         "register", help="register the current schemas under their subjects"
@@ -122,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     keep = schema_commands.add_parser(
         "snapshot", help="keep each changed schema as the next version in avro/history/"
     )
+    keep.add_argument("--schema-dir", type=Path, help="default: the avro/ folder")
     keep.set_defaults(run=_schemas_snapshot)
 
     version = commands.add_parser("version", help="print the version")
@@ -255,7 +259,7 @@ def _schemas_list(args: argparse.Namespace) -> int:
 def _schemas_check(args: argparse.Namespace) -> int:
     settings = load_settings()
     level = args.level or settings.schema_compatibility
-    report = asyncio.run(schema_tools.check_schemas(settings, level))
+    report = asyncio.run(schema_tools.check_schemas(settings, level, args.schema_dir))
     for line in report.checked:
         print(f"checked  {line}")
     for failure in report.failures:
@@ -274,8 +278,8 @@ def _schemas_register(_: argparse.Namespace) -> int:
     return 0
 
 
-def _schemas_snapshot(_: argparse.Namespace) -> int:
-    written = schema_tools.snapshot()
+def _schemas_snapshot(args: argparse.Namespace) -> int:
+    written = schema_tools.snapshot(args.schema_dir)
     for path in written:
         print(f"kept {path}")
     if not written:

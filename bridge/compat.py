@@ -57,9 +57,20 @@ class _Resolver:
         if isinstance(writer, list):  # every branch the writer may have used must be readable
             return [p for branch in writer for p in self.check(reader, branch, path)]
         if isinstance(reader, list):
-            if any(not self.check(branch, writer, path) for branch in reader):
+            attempts = [self.check(branch, writer, path) for branch in reader]
+            if any(not found for found in attempts):
                 return []
-            return [f"{where}: no branch of {_name(reader)} reads {_name(writer)}"]
+            # The branch of the writer's own kind says best what went wrong.
+            same = [
+                found
+                for branch, found in zip(reader, attempts, strict=True)
+                if _name(self._resolve(branch, self._reader_names)) == _name(writer)
+            ]
+            return (
+                same[0]
+                if same
+                else [f"{where}: no branch of {_name(reader)} reads {_name(writer)}"]
+            )
         r_type, w_type = _type(reader), _type(writer)
         if r_type in _PRIMITIVES or w_type in _PRIMITIVES:
             if w_type in _PRIMITIVES and r_type in _PROMOTIONS.get(w_type, {w_type}):

@@ -1,0 +1,167 @@
+"""The registry client against the test double, over real HTTP; the Confluent wire format;
+and Confluent's own deserializer reading what we write."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from starlette.testclient import TestClient
+
+from bridge.app import WEBHOOK_PATH, create_app
+from bridge.encode import confluent_id
+from bridge.errors import ConfigError
+from bridge.publish import MemoryPublisher
+from bridge.registry import CONTENT_TYPE, SchemaRegistry, subject_for, subjects
+from bridge.schemas import load_schemas
+from bridge.settings import Settings, load_settings
+from bridge.tail import Decoder
+from tests.conftest import RunningRegistry, consume, sample, sample_bytes
+
+SCHEMAS = load_schemas()
+
+
+@pytest.fixture
+def registry_settings(schema_registry: RunningRegistry, tmp_path: Path) -> Settings:
+    return load_settings(
+        schema_registry_url=schema_registry.url, spool_dir=tmp_path, schema_registration="auto"
+    )
+
+
+@pytest.fixture
+async def client(registry_settings: Settings) -> AsyncIterator[SchemaRegistry]:
+    registry = SchemaRegistry(registry_settings)
+    yield registry
+    await registry.close()
+
+
+def test_subjects_follow_the_confluent_strategies() -> None:
+    assert subject_for("topic", "airudder.call", "airudder.CallNotification") == (
+        "airudder.call-value"
+    )
+    assert subject_for("record", "airudder.call", "airudder.CallNotification") == (
+        "airudder.CallNotification"
+    )
+    assert subject_for("topic_record", "airudder.call", "airudder.CallNotification") == (
+        "airudder.call-airudder.CallNotification"
+    )
+    names = subjects(load_settings(schema_subject_strategy="record"), SCHEMAS)
+    assert names["chatbot"] == "airudder.ChatbotNotification"
+
+
+async def test_register_lookup_and_fetch_by_id(
+    client: SchemaRegistry, schema_registry: RunningRegistry
+) -> None:
+    call = SCHEMAS["call"]
+    assert await client.lookup("airudder.call-value", call) is None  # 40401
+    schema_id = await client.register("airudder.call-value", call)
+    assert await client.register("airudder.call-value", call) == schema_id  # idempotent
+    assert await client.lookup("airudder.call-value", call) == schema_id
+    assert await client.lookup("airudder.call-value", SCHEMAS["chatbot"]) is None  # 40403
+    fetched = await client.schema_by_id(schema_id)
+    assert fetched.fingerprint == call.fingerprint
+    assert await client.check() is None
+    assert {ctype for _, _, ctype in schema_registry.state.requests if ctype} == {CONTENT_TYPE}
+
+
+async def test_compatibility_is_asked_of_the_registry(client: SchemaRegistry) -> None:
+    call = SCHEMAS["call"]
+    assert await client.compatible("airudder.call-value", call) == (None, [])  # no subject yet
+    await client.register("airudder.call-value", call)
+    assert await client.compatible("airudder.call-value", call) == (True, [])
+    ok, reasons = await client.compatible("airudder.call-value", SCHEMAS["chatbot"])
+    assert ok is False
+    assert reasons
+    assert await client.compatibility_level("airudder.call-value") == "BACKWARD"
+
+
+async def test_basic_auth_is_sent(schema_registry: RunningRegistry, tmp_path: Path) -> None:
+    schema_registry.state.users["bridge"] = "s3cret"
+    anonymous = SchemaRegistry(load_settings(schema_registry_url=schema_registry.url))
+    assert "401" in (await anonymous.check() or "")
+    await anonymous.close()
+    (tmp_path / "pw").write_text("s3cret\n")
+    named = SchemaRegistry(
+        load_settings(
+            schema_registry_url=schema_registry.url,
+            schema_registry_username="bridge",
+            schema_registry_password_file=tmp_path / "pw",
+        )
+    )
+    assert await named.check() is None
+    await named.close()
+
+
+def test_with_a_registry_values_are_in_confluent_wire_format_with_the_registered_id(
+    registry_settings: Settings, schema_registry: RunningRegistry
+) -> None:
+    publisher = MemoryPublisher()
+    with TestClient(create_app(registry_settings, publisher)) as app:
+        assert app.post(WEBHOOK_PATH, content=sample_bytes()).status_code == 200
+        assert app.get("/readyz").json()["checks"]["schema_registry"] == "ok"
+    [message] = publisher.topics["airudder.call"]
+    registered = schema_registry.state.subjects["airudder.call-value"][-1]
+    assert message.value[0] == 0
+    assert confluent_id(message.value) == registered
+
+    # Confluent's own deserializer, against the registry over HTTP
+    with SchemaRegistryClient({"url": schema_registry.url}) as confluent:
+        deserialize = AvroDeserializer(confluent)
+        decoded = deserialize(
+            message.value, SerializationContext("airudder.call", MessageField.VALUE)
+        )
+    assert decoded["call"]["call_id"] == sample()["call"]["call_id"]
+    assert decoded["call"]["asr_result"][0]["text"] == "no no no no no"
+    assert decoded["callee"]["case_id"] == "12345.0"
+
+
+def test_in_lookup_mode_an_unregistered_schema_refuses_the_start(
+    registry_settings: Settings, schema_registry: RunningRegistry
+) -> None:
+    settings = registry_settings.model_copy(update={"schema_registration": "lookup"})
+    with pytest.raises(ConfigError, match=r"not registered under subject airudder\.call-value"):  # noqa: SIM117
+        with TestClient(create_app(settings, MemoryPublisher())):
+            pass
+    registry = SchemaRegistry(settings)
+
+    async def register_all() -> None:
+        for kind, subject in subjects(settings, SCHEMAS).items():
+            await registry.register(subject, SCHEMAS[kind])
+        await registry.close()
+
+    asyncio.run(register_all())
+    with TestClient(create_app(settings, MemoryPublisher())) as app:  # as CI/CD would have it
+        assert app.post(WEBHOOK_PATH, content=sample_bytes()).status_code == 200
+
+
+async def test_kafka_end_to_end_with_a_registry(
+    kafka_settings: Settings, schema_registry: RunningRegistry
+) -> None:
+    from tests.conftest import run_server  # noqa: PLC0415
+    import httpx2  # noqa: PLC0415
+
+    settings = kafka_settings.model_copy(
+        update={"schema_registry_url": schema_registry.url, "schema_registration": "auto"}
+    )
+    servers = run_server(settings)
+    running = next(servers)
+    try:
+        async with httpx2.AsyncClient(base_url=running.url) as http:
+            response = await http.post(WEBHOOK_PATH, content=sample_bytes("chatbot"))
+            assert response.status_code == 200
+    finally:
+        with pytest.raises(StopIteration):
+            next(servers)
+    [record] = await consume(settings.kafka_bootstrap_servers, [f"{settings.topic_prefix}chatbot"])
+    subject = f"{settings.topic_prefix}chatbot-value"
+    assert confluent_id(record.value) == schema_registry.state.subjects[subject][-1]
+    registry = SchemaRegistry(settings)
+    decoder = Decoder(registry=registry)
+    await decoder.learn(record.value)
+    assert decoder.document(record)["notification"] == sample("chatbot")
+    await registry.close()
