@@ -142,8 +142,9 @@ def test_in_lookup_mode_an_unregistered_schema_refuses_the_start(
 async def test_kafka_end_to_end_with_a_registry(
     kafka_settings: Settings, schema_registry: RunningRegistry
 ) -> None:
-    from tests.conftest import run_server  # noqa: PLC0415
     import httpx2  # noqa: PLC0415
+
+    from tests.conftest import run_server  # noqa: PLC0415
 
     settings = kafka_settings.model_copy(
         update={"schema_registry_url": schema_registry.url, "schema_registration": "auto"}
