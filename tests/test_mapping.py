@@ -30,6 +30,20 @@ def through_avro(kind: str, notification: dict[str, Any]) -> dict[str, Any]:
     return MAPPERS[kind].to_notification(record)
 
 
+def plain(node: Any, keep_union_names: bool = False) -> Any:
+    """The record without fastavro's (branch name, value) union notation."""
+    if isinstance(node, tuple):
+        name, value = node
+        if keep_union_names and name.rpartition(".")[2].endswith("Content"):
+            return (name, plain(value, keep_union_names))
+        return plain(value, keep_union_names)
+    if isinstance(node, dict):
+        return {k: plain(v, keep_union_names) for k, v in node.items()}
+    if isinstance(node, list):
+        return [plain(v, keep_union_names) for v in node]
+    return node
+
+
 def all_unmapped(node: Any) -> list[dict[str, str]]:
     found = []
     if isinstance(node, tuple):
@@ -59,18 +73,19 @@ def test_every_field_of_the_vendor_example_has_a_typed_home(kind: str) -> None:
 
 
 def test_typed_fields_are_real_avro_fields() -> None:
-    record = MAPPERS["call"].to_record(sample("call"))
+    record = plain(MAPPERS["call"].to_record(sample("call")))
     assert record["call"]["call_id"] == "817377d194xxxxxxxxc8ad463bc81d996a"
     assert record["call"]["asr_result"][0]["text"] == "no no no no no"
     assert record["call"]["ner_slots"] == {"item_name": "da", "receivetime": "2"}
     assert record["custom_attribute"] == {"a": "1", "b": "2"}
-    chat = MAPPERS["chatbot"].to_record(sample("chatbot"))["chatbot"]
+    chat = plain(MAPPERS["chatbot"].to_record(sample("chatbot")))["chatbot"]
     assert chat["messages"][0]["sender_type"] == "system"
     assert chat["variables"]["project"] == "voicebot"
 
 
 def test_chat_message_content_is_a_union_chosen_by_type() -> None:
-    messages = MAPPERS["chatbot"].to_record(sample("chatbot"))["chatbot"]["messages"]
+    record = plain(MAPPERS["chatbot"].to_record(sample("chatbot")), keep_union_names=True)
+    messages = record["chatbot"]["messages"]
     branches = [m["content"][0].rpartition(".")[2] for m in messages]
     assert branches == [
         "SystemContent",
@@ -103,7 +118,7 @@ def test_an_unknown_content_type_goes_to_other_content_and_round_trips() -> None
         {"msg_id": "2", "content": {"text": "no type at all"}},
         {"msg_id": "3", "content": "just a string"},
     ]
-    record = MAPPERS["chatbot"].to_record(data)
+    record = plain(MAPPERS["chatbot"].to_record(data), keep_union_names=True)
     first = record["chatbot"]["messages"][0]["content"]
     assert first[0] == "airudder.OtherContent"
     assert first[1][UNMAPPED] == {"pack": '{"id":7}'}
@@ -115,7 +130,7 @@ def test_a_value_of_another_type_is_kept_in_unmapped() -> None:
     data["call"]["slots"] = {"amount": 100, "date": None}
     data["call"]["talk_round"] = "3"
     data["timestamp"] = 1.5
-    record = MAPPERS["call"].to_record(data)
+    record = plain(MAPPERS["call"].to_record(data))
     assert record["call"].get("slots") is None
     assert record["call"][UNMAPPED] == {"slots": '{"amount":100,"date":null}', "talk_round": '"3"'}
     assert record[UNMAPPED] == {"timestamp": "1.5"}
@@ -125,7 +140,7 @@ def test_a_value_of_another_type_is_kept_in_unmapped() -> None:
 def test_a_number_where_a_string_is_expected_is_typed_and_kept_exactly() -> None:
     data = sample("call")
     data["callee"]["case_id"] = 12345
-    record = MAPPERS["call"].to_record(data)
+    record = plain(MAPPERS["call"].to_record(data))
     assert record["callee"]["case_id"] == "12345"
     assert record["callee"][UNMAPPED] == {"case_id": "12345"}
     assert through_avro("call", data) == data

@@ -1,0 +1,1 @@
+"""Benchmarks of bridge: `make bench` (python -m bench). Not part of `make test`."""

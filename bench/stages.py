@@ -1,0 +1,51 @@
+"""Micro-benchmark of the pure stages per body, in microseconds."""
+
+from __future__ import annotations
+
+import timeit
+
+from bench.bodies import BODIES, stream
+from bridge.parse import parse_notification
+from bridge.pipeline import Pipeline
+from bridge.publish import MemoryPublisher
+from bridge.settings import load_settings
+
+
+def measure(number: int = 2000) -> dict[str, dict[str, float]]:
+    pipeline = Pipeline(load_settings(allow_unauthenticated=True, spool_dir=""), MemoryPublisher())
+    results = {}
+    for name in BODIES:
+        bodies = stream(name)
+        body = next(bodies)
+        notification = parse_notification(body)
+        mapper = pipeline.mappers[notification.type]
+        record = mapper.to_record(notification.data)
+
+        def timed(call: object) -> float:
+            return min(timeit.repeat(call, number=number, repeat=5)) / number * 1e6  # type: ignore[arg-type]
+
+        results[name] = {
+            "bytes": len(body),
+            "parse": timed(lambda b=body: parse_notification(b)),
+            "map": timed(lambda m=mapper, d=notification.data: m.to_record(d)),
+            "encode": timed(lambda k=notification.type, r=record: pipeline.codec.encode(k, r)),
+            "prepare (all)": timed(lambda b=body: pipeline.prepare(b, "application/json", 0.0)),
+        }
+    return results
+
+
+def report(results: dict[str, dict[str, float]]) -> str:
+    lines = [
+        "| body | bytes | parse µs | map µs | encode µs | all stages µs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        cells = [f"{r['bytes']:.0f}"] + [
+            f"{r[k]:.1f}" for k in ("parse", "map", "encode", "prepare (all)")
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report(measure()))
