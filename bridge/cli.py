@@ -17,6 +17,7 @@ from pathlib import Path
 
 import uvicorn
 from uvicorn._types import ASGIApplication
+from uvicorn.supervisors import Multiprocess
 
 from bridge import __version__, schema_tools
 from bridge.app import WEBHOOK_PATH
@@ -196,7 +197,14 @@ def server_config(settings: Settings, app: ASGIApplication | str = APP) -> uvico
 
 
 def _run_server(settings: Settings) -> None:
-    _Server(server_config(settings)).run()
+    config = server_config(settings)
+    if settings.workers == 1:
+        _Server(config).run()
+        return
+    # As uvicorn.run does for several workers: one socket, a supervisor, N processes, each
+    # building its own app (and taking its own spool file).
+    config.workers = settings.workers
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
 def _dev(args: argparse.Namespace) -> int:

@@ -1,0 +1,228 @@
+"""`make bench`: the ceiling (a bare Starlette endpoint) and the bridge, end to end against the
+embedded broker, same server settings, bodies and concurrency; repeated; results printed and
+written to bench/RESULTS.md. Every server is a separate process, stopped at the end."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import uvloop
+
+from bench import load, stages
+from bench.bodies import BODIES, stream
+from bridge.broker import EmbeddedBroker, create_topics, free_port
+from bridge.routing import all_topics
+
+TOKEN = "bench-token"  # noqa: S105 - a benchmark, not a secret
+PATH = f"/webhooks/airudder/{TOKEN}"
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of a process and its children (the workers), in MB."""
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    worst = 0.0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    kb = float(line.split()[1])
+                    total += kb / 1024
+                    worst = max(worst, kb / 1024)
+    return worst if len(pids) > 1 else total
+
+
+@contextlib.contextmanager
+def server(kind: str, broker: EmbeddedBroker, workers: int = 1) -> Iterator[tuple[int, int]]:
+    port = free_port()
+    spool = tempfile.mkdtemp(prefix="bench-spool-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    if kind == "ceiling":
+        command = [sys.executable, "-m", "uvicorn", "bench.noop:create_app", "--factory"]
+        command += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+        command += ["--workers", str(workers)] if workers > 1 else []
+    else:
+        command = [sys.executable, "-m", "bridge", "serve"]
+        env.update(
+            BRIDGE_PORT=str(port),
+            BRIDGE_KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
+            BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false",
+            BRIDGE_TOPIC_PREFIX="bench.",
+            BRIDGE_AUTH_TOKENS=TOKEN,
+            BRIDGE_SPOOL_DIR=spool,
+            BRIDGE_WORKERS=str(workers),
+            BRIDGE_LOG_LEVEL="info",  # the production line per notification, to a file
+        )
+    log = Path(spool) / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=out)
+    try:
+        wait_for_port(port, process)
+        yield port, process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def measure(  # noqa: PLR0913 - the knobs of one run, spelled out
+    kind: str,
+    body: str,
+    broker: EmbeddedBroker,
+    args: argparse.Namespace,
+    *,
+    workers: int = 1,
+    rate: float | None = None,
+    concurrency: int | None = None,
+) -> dict[str, float]:
+    with server(kind, broker, workers) as (port, pid):
+        result = asyncio.run(
+            load.run(
+                "127.0.0.1",
+                port,
+                PATH,
+                stream(body),
+                concurrency=concurrency or args.concurrency,
+                seconds=args.seconds,
+                warmup=args.warmup,
+                rate=rate,
+            )
+        )
+        row = load.summary(result)
+        row["rss_mb"] = peak_rss_mb(pid)
+    return row
+
+
+def median_and_spread(rows: list[dict[str, float]], key: str) -> str:
+    values = [r[key] for r in rows]
+    middle = statistics.median(values)
+    if len(values) == 1:
+        return f"{middle:.0f}"
+    return f"{middle:.0f} ({min(values):.0f}-{max(values):.0f})"
+
+
+def line(label: str, rows: list[dict[str, float]]) -> str:
+    return (
+        f"| {label} | {median_and_spread(rows, 'rps')} | {median_and_spread(rows, 'p50_ms')} | "
+        f"{median_and_spread(rows, 'p99_ms')} | {median_and_spread(rows, 'max_ms')} | "
+        f"{sum(r['errors'] for r in rows):.0f} | {max(r['rss_mb'] for r in rows):.0f} |"
+    )
+
+
+def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per run")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured time first")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement")
+    parser.add_argument("--concurrency", type=int, default=32, help="connections")
+    parser.add_argument("--bodies", default=",".join(BODIES), help="example,small,mix")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    uvloop.install()
+    out: list[str] = []
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        out.append(text)
+
+    say(
+        f"# Benchmark results\n\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, `make bench` "
+        f"(`python -m bench --seconds {args.seconds:g} --warmup {args.warmup:g} "
+        f"--repeat {args.repeat} --concurrency {args.concurrency}`)\n"
+    )
+    say(
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, {platform.platform()}. The load generator "
+        "(bench/load.py, asyncio + uvloop), the embedded broker and the server share the "
+        "machine.\n"
+    )
+    say("## Pure stages, per body (µs, best of 5)\n")
+    say(stages.report(stages.measure()))
+    say()
+    with EmbeddedBroker() as broker:
+        asyncio.run(create_topics(broker.bootstrap_servers, all_topics("bench.")))
+        say("## Ceiling and bridge, one worker\n")
+        say(
+            "Closed loop, every request counted (slow ones included). Median of the runs, "
+            "(min-max) after it.\n"
+        )
+        say("| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB |")
+        say("|---|---|---|---|---|---|---|")
+        best: dict[str, float] = {}
+        for body in args.bodies.split(","):
+            ceiling = [measure("ceiling", body, broker, args) for _ in range(args.repeat)]
+            bridge = [measure("bridge", body, broker, args) for _ in range(args.repeat)]
+            say(line(f"ceiling, {body}", ceiling))
+            say(line(f"bridge, {body}", bridge))
+            ratio = statistics.median(r["rps"] for r in bridge) / statistics.median(
+                r["rps"] for r in ceiling
+            )
+            best[body] = statistics.median(r["rps"] for r in bridge)
+            say(f"| **bridge / ceiling, {body}** | **{ratio:.0%}** | | | | | |")
+        say()
+        first = args.bodies.split(",")[0]
+        half = best[first] / 2
+        say(
+            f"## At half of the bridge's maximum rate ({first} body, {half:.0f} req/s, open loop)\n"
+        )
+        say("Latency counted from when each request was due, so queueing is not hidden.\n")
+        say("| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB | over 1 s |")
+        say("|---|---|---|---|---|---|---|---|")
+        rows = [
+            measure("bridge", first, broker, args, rate=half, concurrency=64)
+            for _ in range(args.repeat)
+        ]
+        say(line("bridge, half rate", rows)[:-1] + f"| {sum(r['over_1s'] for r in rows):.0f} |")
+        say()
+        say(f"## Workers ({first} body)\n")
+        say("| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB (worst worker) |")
+        say("|---|---|---|---|---|---|---|")
+        two = [measure("bridge", first, broker, args, workers=2) for _ in range(args.repeat)]
+        say(line("bridge, 2 workers", two))
+        scale = statistics.median(r["rps"] for r in two) / best[first]
+        say(f"| **2 workers / 1 worker** | **{scale:.2f}x** | | | | | |")
+        say()
+        say(f"## Overload ({first} body, 1,024 connections: beyond BRIDGE_MAX_IN_FLIGHT=512)\n")
+        say("| run | req/s | p50 ms | p99 ms | max ms | errors (503 by design) | peak RSS MB |")
+        say("|---|---|---|---|---|---|---|")
+        over = [measure("bridge", first, broker, args, concurrency=1024)]
+        say(line("bridge, overload", over))
+        say()
+    args.output.write_text("\n".join(out) + "\n")
+    print(f"\nwritten to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
