@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypedDict
@@ -18,6 +19,7 @@ from starlette.routing import Route
 
 from bridge.auth import Guard, bearer_token, require_credentials
 from bridge.errors import BridgeError
+from bridge.logs import request_id
 from bridge.pipeline import Pipeline
 from bridge.publish import KafkaPublisher, Publisher
 from bridge.registry import SchemaRegistry
@@ -140,6 +142,7 @@ async def _shutdown(pipeline: Pipeline, drainer: asyncio.Task[None]) -> None:
 
 async def receive_notification(request: Request) -> Response:
     started = time.monotonic()
+    request_id.set(_request_id(request))
     pipeline: Pipeline = request.state.pipeline
     refused = _refuse(request, request.state.guard, pipeline)
     if refused is not None:
@@ -160,19 +163,31 @@ async def receive_notification(request: Request) -> Response:
     if outcome.outcome != "duplicate":
         pipeline.metrics.latency.labels(outcome.outcome).observe(seconds)
     logger.info(
-        "notification outcome=%s type=%s case_id=%s event_id=%s topic=%s partition=%s "
-        "offset=%s reason=%s latency_ms=%.1f",
+        "notification %s",
         outcome.outcome,
-        prepared.type,
-        prepared.case_id,
-        prepared.event_id,
-        prepared.topic,
-        delivery.partition if delivery else "-",
-        delivery.offset if delivery else "-",
-        prepared.reason or "-",
-        seconds * 1000,
+        extra={
+            "outcome": outcome.outcome,
+            "type": prepared.type,
+            "case_id": prepared.case_id,
+            "event_id": prepared.event_id,
+            "topic": prepared.topic,
+            "partition": delivery.partition if delivery else None,
+            "offset": delivery.offset if delivery else None,
+            "reason": prepared.reason or None,
+            "latency_ms": round(seconds * 1000, 2),
+        },
     )
-    return Response(_EMPTY_OBJECT, media_type="application/json")
+    return Response(
+        _EMPTY_OBJECT, media_type="application/json", headers={"X-Request-Id": request_id.get()}
+    )
+
+
+def _request_id(request: Request) -> str:
+    """The caller's X-Request-Id when it is a sane token, else a new one."""
+    given = request.headers.get("x-request-id", "")
+    if 0 < len(given) <= 64 and given.replace("-", "").replace("_", "").isalnum():
+        return given
+    return uuid.uuid4().hex
 
 
 def _refuse(request: Request, guard: Guard, pipeline: Pipeline) -> Response | None:
@@ -238,8 +253,11 @@ async def bridge_error(request: Request, exc: Exception) -> Response:
     pipeline.metrics.rejected.labels(exc.code).inc()
     if exc.retriable:
         headers["Retry-After"] = str(pipeline.settings.retry_after)
+    headers["X-Request-Id"] = request_id.get()
     logger.warning(
-        "notification outcome=rejected status=%d error=%s: %s", exc.status, exc.code, exc
+        "notification rejected: %s",
+        exc,
+        extra={"outcome": "rejected", "status": exc.status, "error": exc.code},
     )
     return JSONResponse(
         {"error": exc.code, "detail": str(exc)}, status_code=exc.status, headers=headers

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import math
 import os
 import secrets
@@ -25,6 +24,7 @@ from bridge.auth import require_credentials
 from bridge.broker import EmbeddedBroker, create_topics, free_port
 from bridge.compat import LEVELS
 from bridge.errors import BridgeError, ConfigError
+from bridge.logs import configure_logging
 from bridge.parse import TYPES
 from bridge.pipeline import Pipeline
 from bridge.publish import KafkaPublisher
@@ -135,11 +135,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings)
 
 
 def _serve(_: argparse.Namespace) -> int:
