@@ -18,7 +18,7 @@ import uvicorn
 from uvicorn._types import ASGIApplication
 from uvicorn.supervisors import Multiprocess
 
-from bridge import __version__, schema_tools
+from bridge import __version__, replay, schema_tools
 from bridge.app import WEBHOOK_PATH
 from bridge.auth import require_credentials
 from bridge.broker import EmbeddedBroker, create_topics, free_port
@@ -128,6 +128,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     keep.add_argument("--schema-dir", type=Path, help="default: the avro/ folder")
     keep.set_defaults(run=_schemas_snapshot)
+
+    replay_ = commands.add_parser(
+        "replay",
+        help="re-send archived notifications (JSON lines or a JSON array) to a bridge URL or "
+        "straight to Kafka, duplicates suppressed by event id",
+    )
+    replay_.add_argument("file", type=Path, help="the archive: JSON lines, or a JSON array")
+    target = replay_.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="a bridge's webhook URL (with the token as last segment)")
+    target.add_argument(
+        "--kafka",
+        action="store_true",
+        help="publish straight to the Kafka in BRIDGE_KAFKA_BOOTSTRAP_SERVERS",
+    )
+    replay_.add_argument("--token", help="send the token as a bearer token instead")
+    replay_.add_argument("--concurrency", type=int, default=4, help="requests at once (4)")
+    replay_.set_defaults(run=_replay)
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=lambda _: print(f"bridge {__version__}") or 0)
@@ -289,6 +306,18 @@ def _schemas_snapshot(args: argparse.Namespace) -> int:
     if not written:
         print("no schema changed since the last version in avro/history/")
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    bodies = replay.read_archive(args.file)
+    if args.kafka:
+        settings = load_settings()
+        configure_logging(settings)
+        summary = asyncio.run(replay.to_kafka(bodies, settings))
+    else:
+        summary = asyncio.run(replay.to_url(bodies, args.url, args.token, args.concurrency))
+    print(f"replayed {summary.line()}")
+    return 1 if any(k.startswith("failed") for k in summary.outcomes) else 0
 
 
 def _tail(args: argparse.Namespace) -> int:

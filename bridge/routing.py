@@ -37,11 +37,15 @@ def headers_for(notification: Notification, schema: Schema, received_at: float) 
     ]
 
 
+def dead_letter_id(body: bytes) -> str:
+    return f"dlq:sha256:{hashlib.sha256(body).hexdigest()}"
+
+
 def dead_letter_headers(
     reason: str, detail: str, content_type: str, body: bytes, received_at: float
 ) -> Headers:
     return [
-        ("event-id", f"dlq:sha256:{hashlib.sha256(body).hexdigest()}".encode()),
+        ("event-id", dead_letter_id(body).encode()),
         ("notification-type", DLQ.encode()),
         ("received-at", timestamp(received_at).encode()),
         ("dlq-reason", reason.encode()),
