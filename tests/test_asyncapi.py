@@ -1,0 +1,66 @@
+"""asyncapi.yaml agrees with the code and the schemas."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import orjson
+import yaml
+
+from bridge import parse
+from bridge.parse import parse_notification
+from bridge.routing import all_topics, dead_letter_headers, headers_for
+from bridge.schemas import RECORD_NAMES, load_schemas
+from bridge.settings import Settings
+from tests.conftest import sample_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = yaml.safe_load((ROOT / "asyncapi.yaml").read_text())
+PREFIX = Settings.model_fields["topic_prefix"].default
+
+
+def test_one_channel_per_topic() -> None:
+    assert DOC["asyncapi"].startswith("3.")
+    addresses = sorted(c["address"] for c in DOC["channels"].values())
+    assert addresses == sorted(all_topics(PREFIX))
+
+
+def test_payloads_reference_the_schema_of_each_type() -> None:
+    schemas = load_schemas()
+    for kind in RECORD_NAMES:
+        [ref] = DOC["channels"][kind]["messages"].values()
+        message = DOC["components"]["messages"][ref["$ref"].rpartition("/")[2]]
+        path = ROOT / message["payload"]["schema"]["$ref"]
+        assert path.is_file()
+        name = orjson.loads(path.read_bytes())["name"]
+        assert f"airudder.{name}" == schemas[kind].fullname
+
+
+def test_headers_are_the_ones_bridge_writes() -> None:
+    trait = DOC["components"]["messageTraits"]["notification"]["headers"]
+    notification = parse_notification(sample_bytes())
+    written = {k for k, _ in headers_for(notification, load_schemas()["call"], 0)}
+    assert written == set(trait["properties"]) == set(trait["required"])
+    dead = DOC["components"]["messages"]["deadLetter"]["headers"]
+    assert {k for k, _ in dead_letter_headers("x", "", "", b"", 0)} == set(dead["properties"])
+
+
+def test_every_dead_letter_reason_in_the_code_is_documented() -> None:
+    sources = "".join(p.read_text() for p in (ROOT / "bridge").glob("*.py"))
+    reasons = set(re.findall(r'InvalidNotification\(\s*"([a-z-]+)"', sources))
+    reasons |= set(re.findall(r'reason = "([a-z-]+)" if', sources))
+    reasons |= set(re.findall(r'else "([a-z-]+)"\n', sources)) & {"not-json"}
+    documented = set(
+        DOC["components"]["messages"]["deadLetter"]["headers"]["properties"]["dlq-reason"]["enum"]
+    )
+    codec_only = {"not-avro", "unknown-schema", "unknown-schema-id"}  # read side, never a DLQ
+    assert reasons - codec_only == documented
+    assert (
+        tuple(
+            DOC["components"]["messageTraits"]["notification"]["headers"]["properties"][
+                "notification-type"
+            ]["enum"]
+        )
+        == parse.TYPES
+    )
