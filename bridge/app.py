@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypedDict
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -63,7 +62,6 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     guard = Guard(settings)
     publisher = publisher or KafkaPublisher(settings)
     pipeline = Pipeline(settings, publisher)
-    pipeline.metrics.watch(pipeline)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[State]:
@@ -270,4 +268,5 @@ async def openapi(_: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     pipeline: Pipeline = request.state.pipeline
-    return Response(generate_latest(pipeline.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    content, media_type = pipeline.metrics.exposition(pipeline)
+    return Response(content, media_type=media_type)

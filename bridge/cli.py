@@ -25,6 +25,7 @@ from bridge.broker import EmbeddedBroker, create_topics, free_port
 from bridge.compat import LEVELS
 from bridge.errors import BridgeError, ConfigError
 from bridge.logs import configure_logging
+from bridge.metrics import MULTIPROCESS_DIR
 from bridge.parse import TYPES
 from bridge.pipeline import Pipeline
 from bridge.publish import KafkaPublisher
@@ -215,8 +216,9 @@ def _run_server(settings: Settings) -> None:
         _Server(config).run()
         return
     # As uvicorn.run does for several workers: one socket, a supervisor, N processes, each
-    # building its own app (and taking its own spool file).
+    # building its own app (and taking its own spool file); metrics added up across them.
     config.workers = settings.workers
+    os.environ.setdefault(MULTIPROCESS_DIR, tempfile.mkdtemp(prefix="bridge-metrics-"))
     Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 

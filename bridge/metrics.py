@@ -1,15 +1,26 @@
-"""Prometheus metrics. Label values are bounded sets: never case ids, event ids or tokens."""
+"""Prometheus metrics. Label values are bounded sets: never case ids, event ids or tokens.
+
+With several workers (BRIDGE_WORKERS > 1) `bridge serve` points PROMETHEUS_MULTIPROC_DIR at a
+fresh directory and prometheus-client's multiprocess mode adds up the workers: counters and
+histograms as they happen, gauges as each worker last set them (every second, and at scrape).
+"""
 
 from __future__ import annotations
 
+import os
 import platform
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from bridge import __version__
 
@@ -18,6 +29,7 @@ if TYPE_CHECKING:
 
 # From a fast local ack (~1 ms) to the ack budget and the vendor's 10 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
@@ -50,50 +62,53 @@ class Metrics:
             ["operation"],
             registry=r,
         )
-        Info("bridge_build", "Version of bridge and of Python.", registry=r).info(
-            {"version": __version__, "python": platform.python_version()}
-        )
+        Gauge(
+            "bridge_build_info",
+            "Version of bridge and of Python.",
+            ["version", "python"],
+            registry=r,
+            multiprocess_mode="max",
+        ).labels(__version__, platform.python_version()).set(1)
 
-    def watch(self, pipeline: Pipeline) -> None:
-        """Gauges read from the pipeline at scrape time."""
-        self.registry.register(_PipelineCollector(pipeline))
+        def gauge(name: str, text: str, mode: str = "livesum") -> Gauge:
+            return Gauge(name, text, registry=r, multiprocess_mode=mode)  # type: ignore[arg-type]
 
-
-class _PipelineCollector(Collector):
-    def __init__(self, pipeline: Pipeline) -> None:
-        self._pipeline = pipeline
-
-    def collect(self) -> Iterator[Metric]:
-        p = self._pipeline
-        yield GaugeMetricFamily(
-            "bridge_in_flight", "Notifications being handled now.", value=p.in_flight
-        )
-        yield GaugeMetricFamily(
-            "bridge_kafka_up",
-            "1 while the last publish to Kafka succeeded, 0 after a failure.",
-            value=1 if p.kafka_up else 0,
-        )
-        yield GaugeMetricFamily(
-            "bridge_dedup_event_ids", "Event ids remembered for duplicates.", value=len(p.dedup)
-        )
-        spool = p.spool
-        if spool is None:
-            return
-        yield GaugeMetricFamily(
-            "bridge_spool_depth", "Notifications waiting in the spool.", value=spool.depth
-        )
-        yield GaugeMetricFamily("bridge_spool_bytes", "Bytes held by the spool.", value=spool.bytes)
-        yield GaugeMetricFamily(
-            "bridge_spool_max_bytes", "Size limit of the spool.", value=spool.max_bytes
-        )
-        age = 0.0 if spool.oldest is None else max(0.0, time.time() - spool.oldest)
-        yield GaugeMetricFamily(
+        self.in_flight = gauge("bridge_in_flight", "Notifications being handled now.")
+        self.kafka_up = gauge(
+            "bridge_kafka_up", "1 while the last publish to Kafka succeeded, 0 after a failure.",
+            "livemin",
+        )  # fmt: skip
+        self.dedup = gauge("bridge_dedup_event_ids", "Event ids remembered for duplicates.")
+        self.spool_depth = gauge("bridge_spool_depth", "Notifications waiting in the spool.")
+        self.spool_bytes = gauge("bridge_spool_bytes", "Bytes held by the spool.")
+        self.spool_max_bytes = gauge("bridge_spool_max_bytes", "Size limit of the spool.")
+        self.spool_age = gauge(
             "bridge_spool_oldest_age_seconds",
             "Age of the oldest notification waiting in the spool (0 when empty).",
-            value=age,
+            "livemax",
         )
-        yield GaugeMetricFamily(
-            "bridge_spool_quarantined",
-            "Damaged spool entries moved to quarantine since start.",
-            value=spool.quarantined,
+        self.spool_quarantined = gauge(
+            "bridge_spool_quarantined", "Damaged spool entries moved to quarantine since start."
         )
+
+    def refresh(self, pipeline: Pipeline) -> None:
+        """Set the gauges from the pipeline's state."""
+        self.in_flight.set(pipeline.in_flight)
+        self.kafka_up.set(1 if pipeline.kafka_up else 0)
+        self.dedup.set(len(pipeline.dedup))
+        spool = pipeline.spool
+        if spool is not None:
+            self.spool_depth.set(spool.depth)
+            self.spool_bytes.set(spool.bytes)
+            self.spool_max_bytes.set(spool.max_bytes)
+            age = 0.0 if spool.oldest is None else max(0.0, time.time() - spool.oldest)
+            self.spool_age.set(age)
+            self.spool_quarantined.set(spool.quarantined)
+
+    def exposition(self, pipeline: Pipeline) -> tuple[bytes, str]:
+        self.refresh(pipeline)
+        if MULTIPROCESS_DIR in os.environ:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

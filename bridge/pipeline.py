@@ -239,6 +239,7 @@ class Pipeline:
             return
         backoff = 0.5
         while True:
+            self.metrics.refresh(self)  # for the other workers' scrapes
             if spool.depth == 0:
                 spool.appended.clear()
                 with contextlib.suppress(TimeoutError):

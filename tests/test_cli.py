@@ -188,3 +188,40 @@ def test_dev_starts_a_broker_serves_and_stops_both_on_ctrl_c(broker: EmbeddedBro
     broker_port = int(bootstrap.group(1).rpartition(":")[2])
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", broker_port), timeout=0.5).close()
+
+
+def test_several_workers_share_the_socket_and_add_up_their_metrics(
+    kafka_settings: Settings,
+) -> None:
+    env = environment(
+        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=kafka_settings.kafka_bootstrap_servers,
+        BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false",
+        BRIDGE_TOPIC_PREFIX=kafka_settings.topic_prefix,
+        BRIDGE_PORT=str(kafka_settings.port),
+        BRIDGE_SPOOL_DIR=str(kafka_settings.spool_dir),
+        BRIDGE_WORKERS="2",
+    )
+    process = subprocess.Popen(
+        [*BRIDGE, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{kafka_settings.port}"
+    try:
+        wait_for_port(kafka_settings.port, process)
+        time.sleep(1.0)  # both workers up
+        data = sample("call")
+        for i in range(20):
+            data["call"]["call_id"] = f"worker-test-{i}"
+            # a new connection each time, so both workers get some
+            response = httpx2.post(f"{base}/webhooks/airudder/{TOKEN}", content=orjson.dumps(data))
+            assert response.status_code == 200
+        for _ in range(5):  # whichever worker answers the scrape, the sum is whole
+            text = httpx2.get(f"{base}/metrics").text
+            assert 'bridge_notifications_total{outcome="stored",type="call"} 20.0' in text
+        assert kafka_settings.spool_dir is not None
+        assert {p.name for p in kafka_settings.spool_dir.glob("spool-*.sqlite3")} == {
+            "spool-0.sqlite3",
+            "spool-1.sqlite3",
+        }
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
