@@ -64,6 +64,10 @@ class Codec:
         schemaless_writer(buffer, self._current[kind].parsed, record)
         return buffer.getvalue()
 
+    def frame(self, kind: str, body: bytes) -> bytes:
+        """An Avro body already written with the current schema of `kind`, framed."""
+        return self._prefix[kind] + body
+
     def decode(self, value: bytes) -> tuple[Schema, dict[str, Any]]:
         """The writer schema and the record. Raises InvalidNotification for foreign bytes."""
         if value[:2] == MAGIC and len(value) >= HEADER_SIZE:

@@ -42,6 +42,7 @@ from bridge.routing import DLQ, Headers, dead_letter_headers, headers_for, topic
 from bridge.schemas import Schema, load_schemas
 from bridge.settings import Settings
 from bridge.spool import Spool, SpoolEntry
+from bridge.writer import Unsupported, Writer
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class Pipeline:
         self.publisher = publisher
         self.schemas = schemas or load_schemas()
         self.mappers = {kind: Mapper(schema) for kind, schema in self.schemas.items()}
+        # The one-pass writer where the schema's shape allows it (always, for ours).
+        self.writers = {kind: _writer(schema) for kind, schema in self.schemas.items()}
         self.codec = Codec(self.schemas)
         self.registry: SchemaRegistry | None = None
         self.spool: Spool | None = None
@@ -132,8 +135,12 @@ class Pipeline:
         """Parse, map, encode and route; what cannot be typed becomes a dead letter."""
         try:
             notification = parse_notification(body)
-            record = self.mappers[notification.type].to_record(notification.data)
-            value = self.codec.encode(notification.type, record)
+            writer = self.writers[notification.type]
+            if writer is not None:
+                value = self.codec.frame(notification.type, writer.write(notification.data))
+            else:
+                record = self.mappers[notification.type].to_record(notification.data)
+                value = self.codec.encode(notification.type, record)
         except InvalidNotification as exc:
             return self._dead_letter(body, exc, content_type, received_at)
         except (ValueError, TypeError, OverflowError) as exc:  # fastavro refused the record
@@ -303,6 +310,14 @@ class Pipeline:
         spool_problem = await self.spool.check()
         checks["spool"] = spool_problem or "ok"
         return kafka_problem is None or spool_problem is None, checks
+
+
+def _writer(schema: Schema) -> Writer | None:
+    try:
+        return Writer(schema)
+    except Unsupported:
+        logger.warning("schema %s: mapping and encoding in two passes", schema.fullname)
+        return None
 
 
 def _waves(entries: list[SpoolEntry]) -> Iterator[list[SpoolEntry]]:

@@ -1,0 +1,247 @@
+"""Map and encode in one pass: the vendor's JSON straight to Avro binary.
+
+The same rules as `bridge.mapping` (a test checks that both give the same record for any
+input), without building the intermediate record: each field is written as it is mapped.
+Compiled once per schema. fastavro remains the reader, and the writer of anything else.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
+
+from bridge.mapping import UNMAPPED
+from bridge.schemas import Schema
+
+Write = Callable[[Any, bytearray], None]
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+_DOUBLE: Final = struct.Struct("<d").pack
+_ABSENT: Final = object()
+
+
+class _Mismatch(Exception):
+    pass
+
+
+class _Coerced(Exception):
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _long(n: int, out: bytearray) -> None:
+    n = (n << 1) ^ (n >> 63)  # zigzag
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def _text(value: str, out: bytearray) -> None:
+    data = value.encode()
+    size = len(data)
+    if size < 64:  # the zigzag varint of a small length is one byte
+        out.append(size << 1)
+    else:
+        _long(size, out)
+    out += data
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _string(value: Any, out: bytearray) -> None:
+    if type(value) is str:
+        _text(value, out)
+    elif type(value) is int or type(value) is float:
+        raise _Coerced(_dumps(value))
+    else:
+        raise _Mismatch
+
+
+def _long_field(value: Any, out: bytearray) -> None:
+    if type(value) is not int or not _LONG_MIN <= value <= _LONG_MAX:
+        raise _Mismatch
+    _long(value, out)
+
+
+def _double(value: Any, out: bytearray) -> None:
+    if type(value) is not float:
+        raise _Mismatch
+    out += _DOUBLE(value)
+
+
+def _boolean(value: Any, out: bytearray) -> None:
+    if type(value) is not bool:
+        raise _Mismatch
+    out.append(1 if value else 0)
+
+
+def _string_map(value: Any, out: bytearray) -> None:
+    if type(value) is not dict or any(type(v) is not str for v in value.values()):
+        raise _Mismatch
+    _map_of_text(value, out)
+
+
+def _map_of_text(value: dict[str, str], out: bytearray) -> None:
+    if value:
+        _long(len(value), out)
+        for key, text in value.items():
+            _text(key, out)
+            _text(text, out)
+    out.append(0)
+
+
+_PRIMITIVES: Final[dict[str, Write]] = {
+    "string": _string,
+    "long": _long_field,
+    "double": _double,
+    "boolean": _boolean,
+}
+
+
+class Unsupported(Exception):
+    """The schema has a shape this writer does not handle: use mapping + fastavro."""
+
+
+class Writer:
+    """`write(notification)` gives the Avro body `Codec.encode(Mapper.to_record(...))` would."""
+
+    def __init__(self, schema: Schema) -> None:
+        self._named: dict[str, Write] = {}
+        self._write = self._compile(schema.definition, "")
+
+    def write(self, notification: dict[str, Any]) -> bytes:
+        out = bytearray()
+        self._write(notification, out)
+        return bytes(out)
+
+    def _compile(self, node: Any, namespace: str) -> Write:  # noqa: PLR0911
+        if isinstance(node, str):
+            if node in _PRIMITIVES:
+                return _PRIMITIVES[node]
+            fullname = node if "." in node else f"{namespace}.{node}"
+            named = self._named
+
+            def reference(value: Any, out: bytearray) -> None:  # resolved late: recursion
+                named[fullname](value, out)
+
+            return reference
+        if isinstance(node, list):
+            return self._union(node, namespace)
+        kind = node["type"]
+        if kind == "record":
+            return self._record(node, namespace)
+        if kind == "map" and node["values"] == "string":
+            return _string_map
+        if kind == "array":
+            return self._array(node, namespace)
+        if isinstance(kind, str | list | dict) and kind not in {"map", "enum", "fixed"}:
+            return self._compile(kind, namespace)
+        raise Unsupported(repr(node)[:80])
+
+    def _record(self, node: dict[str, Any], namespace: str) -> Write:  # noqa: C901 - hot path, flat
+        fullname = node["name"] if "." in node["name"] else f"{namespace}.{node['name']}"
+        namespace = fullname.rpartition(".")[0]
+        # (name, writer, whether the record writes the union's branch byte itself)
+        fields: list[tuple[str, Write, bool]] = []
+        for field in node["fields"]:
+            if field["name"] == UNMAPPED:
+                continue
+            branches = field["type"]
+            if not (isinstance(branches, list) and branches[0] == "null"):
+                raise Unsupported(f"{fullname}.{field['name']} is not a nullable union")
+            if len(branches) == 2:
+                fields.append((field["name"], self._compile(branches[1], namespace), True))
+            else:
+                fields.append((field["name"], self._compile(branches, namespace), False))
+        known = frozenset(name for name, _, _ in fields)
+
+        def write(obj: Any, out: bytearray) -> None:
+            if type(obj) is not dict:
+                raise _Mismatch
+            unknown = obj.keys() - known
+            unmapped = {k: _dumps(obj[k]) for k in obj if k in unknown} if unknown else {}
+            for name, write_field, branch_byte in fields:
+                value = obj.get(name, _ABSENT)
+                if value is _ABSENT:
+                    out.append(0)  # the null branch: absent
+                    continue
+                if write_field is _string and type(value) is str:  # the common case, inline
+                    out.append(2)
+                    _text(value, out)
+                    continue
+                mark = len(out)
+                try:
+                    if branch_byte:
+                        if value is None:
+                            raise _Mismatch  # noqa: TRY301 - JSON null is kept in `unmapped`
+                        out.append(2)  # branch 1 of ["null", T]
+                    write_field(value, out)
+                except _Coerced as coerced:  # a number for a string: typed as text, kept exactly
+                    del out[mark:]
+                    out.append(2)
+                    _text(coerced.text, out)
+                    unmapped[name] = _dumps(value)
+                except _Mismatch:
+                    del out[mark:]
+                    out.append(0)
+                    unmapped[name] = _dumps(value)
+            _map_of_text(unmapped, out)
+
+        self._named[fullname] = write
+        return write
+
+    def _union(self, branches: list[Any], namespace: str) -> Write:
+        others = branches[1:] if branches[0] == "null" else None
+        if not others or len(others) == 1 or "null" in others:
+            raise Unsupported(f"union {branches!r:.80}")  # ["null", T] is the record's job
+        return self._tagged(others, namespace)
+
+    def _tagged(self, branches: list[Any], namespace: str) -> Write:
+        by_type: dict[str, tuple[bytes, Write]] = {}
+        fallback: tuple[bytes, Write] | None = None
+        for index, branch in enumerate(branches, start=1):
+            if not (isinstance(branch, dict) and branch.get("type") == "record"):
+                raise Unsupported("only unions of records are tagged")
+            tag = bytearray()
+            _long(index, tag)
+            entry = (bytes(tag), self._record(branch, namespace))
+            for kind in branch["x-types"]:
+                if kind == "*":
+                    fallback = entry
+                else:
+                    by_type[kind] = entry
+        if fallback is None:
+            raise Unsupported("a tagged union needs a '*' branch")
+        default = fallback
+
+        def write(value: Any, out: bytearray) -> None:
+            if type(value) is not dict:
+                raise _Mismatch
+            kind = value.get("type")
+            tag, write_record = by_type.get(kind, default) if type(kind) is str else default
+            out += tag
+            write_record(value, out)
+
+        return write
+
+    def _array(self, node: dict[str, Any], namespace: str) -> Write:
+        item = self._compile(node["items"], namespace)
+
+        def write(value: Any, out: bytearray) -> None:
+            if type(value) is not list:
+                raise _Mismatch
+            if value:
+                _long(len(value), out)
+                try:
+                    for element in value:
+                        item(element, out)
+                except _Coerced:
+                    raise _Mismatch from None
+            out.append(0)
+
+        return write
