@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 import time
 import uuid
@@ -79,6 +80,20 @@ def kafka_settings(broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path) ->
     )
     run_sync(create_topics(broker.bootstrap_servers, all_topics(topic_prefix)))
     return settings
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `bridge` process started by a test: this test's settings only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
+        BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false",
+        BRIDGE_TOPIC_PREFIX=settings.topic_prefix,
+        BRIDGE_PORT=str(settings.port),
+        BRIDGE_SPOOL_DIR=str(settings.spool_dir),
+    )
+    env.update(extra)
+    return env
 
 
 def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -128,15 +128,21 @@ class Registry:
         self.subjects.setdefault(subject, []).append(schema_id)
         return _json({"id": schema_id})
 
-    async def lookup(self, request: Request) -> Response:
+    async def _subject_and_schema(self, request: Request) -> tuple[str, str] | Response:
+        """The subject (which must exist) and the schema posted, or the error to answer."""
         if refused := self._refuse(request):
             return refused
         subject = request.path_params["subject"]
         if subject not in self.subjects:
             return _error(404, 40401, f"Subject '{subject}' not found.")
         text = await self._schema_text(request)
-        if isinstance(text, Response):
-            return text
+        return text if isinstance(text, Response) else (subject, text)
+
+    async def lookup(self, request: Request) -> Response:
+        found = await self._subject_and_schema(request)
+        if isinstance(found, Response):
+            return found
+        subject, text = found
         canonical = self._canonical(text)
         for version, schema_id in enumerate(self.subjects[subject], start=1):
             if self._canonical(self.schemas[schema_id]) == canonical:
@@ -154,14 +160,10 @@ class Registry:
         return _json({"schema": text})
 
     async def compatibility(self, request: Request) -> Response:
-        if refused := self._refuse(request):
-            return refused
-        subject = request.path_params["subject"]
-        if subject not in self.subjects:
-            return _error(404, 40401, f"Subject '{subject}' not found.")
-        text = await self._schema_text(request)
-        if isinstance(text, Response):
-            return text
+        found = await self._subject_and_schema(request)
+        if isinstance(found, Response):
+            return found
+        subject, text = found
         reasons = self._incompatible(subject, text)
         answer: dict[str, Any] = {"is_compatible": not reasons}
         if request.query_params.get("verbose") == "true":

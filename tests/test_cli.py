@@ -19,7 +19,7 @@ import pytest
 from bridge import __version__
 from bridge.broker import EmbeddedBroker, free_port
 from bridge.settings import Settings
-from tests.conftest import sample, sample_bytes
+from tests.conftest import process_env, sample, sample_bytes
 
 BRIDGE = [sys.executable, "-m", "bridge"]
 TOKEN = "cli-test-token-Zq8"
@@ -54,13 +54,7 @@ def run(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.Comp
 
 @pytest.fixture
 def serving(kafka_settings: Settings) -> Iterator[tuple[Settings, dict[str, str]]]:
-    env = environment(
-        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=kafka_settings.kafka_bootstrap_servers,
-        BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false",
-        BRIDGE_TOPIC_PREFIX=kafka_settings.topic_prefix,
-        BRIDGE_PORT=str(kafka_settings.port),
-        BRIDGE_SPOOL_DIR=str(kafka_settings.spool_dir),
-    )
+    env = process_env(kafka_settings, BRIDGE_AUTH_TOKENS=TOKEN)
     process = subprocess.Popen(
         [*BRIDGE, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -193,14 +187,7 @@ def test_dev_starts_a_broker_serves_and_stops_both_on_ctrl_c(broker: EmbeddedBro
 def test_several_workers_share_the_socket_and_add_up_their_metrics(
     kafka_settings: Settings,
 ) -> None:
-    env = environment(
-        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=kafka_settings.kafka_bootstrap_servers,
-        BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false",
-        BRIDGE_TOPIC_PREFIX=kafka_settings.topic_prefix,
-        BRIDGE_PORT=str(kafka_settings.port),
-        BRIDGE_SPOOL_DIR=str(kafka_settings.spool_dir),
-        BRIDGE_WORKERS="2",
-    )
+    env = process_env(kafka_settings, BRIDGE_AUTH_TOKENS=TOKEN, BRIDGE_WORKERS="2")
     process = subprocess.Popen(
         [*BRIDGE, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -7,7 +7,6 @@ test is bounded in time and stops what it started.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import sqlite3
@@ -25,7 +24,7 @@ import pytest
 
 from bridge.broker import EmbeddedBroker, free_port
 from bridge.settings import Settings
-from tests.conftest import consume, sample
+from tests.conftest import consume, process_env, sample
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
@@ -192,17 +191,12 @@ def proxy(broker: EmbeddedBroker) -> Iterator[Proxy]:
 
 @pytest.fixture
 def bridge_env(kafka_settings: Settings, proxy: Proxy) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    env.update(
-        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=proxy.bootstrap_servers,
-        BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false",
-        BRIDGE_TOPIC_PREFIX=kafka_settings.topic_prefix,
-        BRIDGE_PORT=str(kafka_settings.port),
-        BRIDGE_SPOOL_DIR=str(kafka_settings.spool_dir),
+    return process_env(
+        kafka_settings,
+        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=proxy.bootstrap_servers,  # through the proxy
         BRIDGE_LOG_LEVEL="info",
         BRIDGE_AUTH_TOKENS="fault-token",
     )
-    return env
 
 
 @pytest.fixture
