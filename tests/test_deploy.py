@@ -126,3 +126,95 @@ def test_the_dashboard_and_the_alerts_query_metrics_bridge_exposes(tmp_path: Pat
         "BridgeAckLatencyHigh",
         "BridgeNotReady",
     } <= alerts
+
+
+# -- the Helm chart, rendered by Helm's own engine (offline, through helm-python-sdk) --------
+
+helm = pytest.importorskip("helm_python")
+REQUIRED = {"secrets": {"authTokens": "t0ken"}}
+
+
+def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    chart = helm.Chart.load(str(CHART))
+    try:
+        rendered = chart.render(values, name="rel", namespace="ns")
+    finally:
+        chart.close()
+    manifests = [text for path, text in rendered.items() if path.endswith(".yaml")]  # no NOTES
+    return [document for text in manifests for document in yaml.safe_load_all(text) if document]
+
+
+def by_kind(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in documents}
+
+
+def test_the_chart_lints_clean() -> None:
+    assert helm.lint(str(CHART), REQUIRED)["errors"] == []
+
+
+def test_defaults_render_a_statefulset_with_a_spool_volume_and_probes() -> None:
+    kinds = by_kind(render(REQUIRED))
+    assert {"StatefulSet", "Service", "ConfigMap", "Secret", "PodDisruptionBudget"} <= set(kinds)
+    assert "Deployment" not in kinds
+    workload = kinds["StatefulSet"]
+    assert workload["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "spool"
+    [container] = workload["spec"]["template"]["spec"]["containers"]
+    default_port = Settings.model_fields["port"].default
+    assert container["ports"][0]["containerPort"] == default_port
+    routes = {r.path for r in create_app(load_settings(), MemoryPublisher()).routes}  # type: ignore[attr-defined]
+    assert container["livenessProbe"]["httpGet"]["path"] in routes
+    assert container["readinessProbe"]["httpGet"]["path"] in routes
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    config = kinds["ConfigMap"]["data"]
+    assert config["BRIDGE_SPOOL_DIR"].startswith(mounts["spool"])
+    assert kinds["Secret"]["stringData"]["auth-tokens"] == "t0ken"
+
+
+def test_the_rendered_configuration_is_valid_for_bridge() -> None:
+    kinds = by_kind(render(REQUIRED))
+    config = kinds["ConfigMap"]["data"]
+    assert set(config) <= SETTINGS
+    env = {
+        e["name"]: e["value"]
+        for e in kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert set(env) <= FILE_VARIABLES
+    settings = load_settings(
+        **{k.removeprefix(ENV_PREFIX).lower(): v for k, v in config.items()}, auth_tokens="t"
+    )
+    assert settings.port == 8080
+    assert settings.host == "0.0.0.0"
+
+
+def test_every_option_renders() -> None:
+    kinds = by_kind(
+        render(
+            {
+                **REQUIRED,
+                "spool": {"persistence": {"enabled": False}},
+                "ingress": {"enabled": True},
+                "autoscaling": {"enabled": True},
+                "serviceMonitor": {"enabled": True},
+                "config": {"kafka_sasl_mechanism": "SCRAM-SHA-512"},
+            }
+        )
+    )
+    assert {"Deployment", "Ingress", "HorizontalPodAutoscaler", "ServiceMonitor"} <= set(kinds)
+    assert kinds["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    rule = kinds["Ingress"]["spec"]["rules"][0]["http"]["paths"][0]
+    assert rule["path"] == WEBHOOK_PATH
+    assert kinds["Ingress"]["spec"]["tls"][0]["hosts"] == ["bridge.example.com"]
+    assert kinds["ServiceMonitor"]["spec"]["endpoints"][0]["path"] == "/metrics"
+    env = {
+        e["name"] for e in kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert "BRIDGE_KAFKA_SASL_PASSWORD_FILE" in env
+
+
+def test_tokens_are_required_unless_a_secret_exists() -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"secrets\.authTokens is required"):
+        render({})
+    kinds = by_kind(render({"secrets": {"existingSecret": "mine"}}))
+    assert "Secret" not in kinds
+    volumes = kinds["StatefulSet"]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "secrets", "secret": {"secretName": "mine"}} in volumes
