@@ -7,7 +7,15 @@ import pytest
 from starlette.testclient import TestClient
 
 from bridge.app import WEBHOOK_PATH, create_app
-from bridge.logs import JsonFormatter, TextFormatter, Throttle, request_id
+from bridge.logs import (
+    JsonFormatter,
+    StampRequestId,
+    TextFormatter,
+    Throttle,
+    configure_logging,
+    request_id,
+    stop_writer,
+)
 from bridge.publish import MemoryPublisher
 from bridge.settings import load_settings
 from tests.conftest import sample_bytes
@@ -21,11 +29,13 @@ def record(message: str = "notification stored", **fields: object) -> logging.Lo
 
 
 def test_json_lines_carry_the_fields_and_the_request_id() -> None:
+    made = record(case_id="12345.0", latency_ms=1.5)
     token = request_id.set("abc123")
     try:
-        line = JsonFormatter().format(record(case_id="12345.0", latency_ms=1.5))
+        assert StampRequestId().filter(made)  # on the request's task
     finally:
         request_id.reset(token)
+    line = JsonFormatter().format(made)  # later, in the writer thread
     document = orjson.loads(line)
     assert document["message"] == "notification stored"
     assert document["case_id"] == "12345.0"
@@ -67,3 +77,22 @@ def test_one_line_per_notification_with_its_facts(
     assert line.partition == 0
     assert line.offset == 0
     assert line.latency_ms > 0
+
+
+def test_lines_are_written_off_the_event_loop_with_their_request_id(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging(load_settings(log_level="info"), json=True)
+        token = request_id.set("req-7")
+        logging.getLogger("bridge.notification").info("notification stored", extra={"case_id": "9"})
+        request_id.reset(token)
+        stop_writer()  # writes what is queued
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    [line] = [orjson.loads(x) for x in capfd.readouterr().err.splitlines()]
+    assert line["request_id"] == "req-7"
+    assert line["case_id"] == "9"
