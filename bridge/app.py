@@ -160,9 +160,7 @@ async def receive_notification(request: Request) -> Response:
         outcome = await pipeline.accept(body, request.headers.get("content-type", ""))
     prepared, delivery = outcome.prepared, outcome.delivery
     seconds = time.monotonic() - started
-    pipeline.metrics.notifications.labels(prepared.type, outcome.outcome).inc()
-    if outcome.outcome != "duplicate":
-        pipeline.metrics.latency.labels(outcome.outcome).observe(seconds)
+    pipeline.metrics.count(prepared.type, outcome.outcome, seconds)
     logger.info(
         "notification %s",
         outcome.outcome,

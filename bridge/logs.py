@@ -23,7 +23,11 @@ from bridge.settings import Settings
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 # Fields of a record that are Python's own, not ours.
-_STANDARD: Final = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+_STANDARD: Final = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's copy of the message with terminal colours
+}
 
 
 class JsonFormatter(logging.Formatter):

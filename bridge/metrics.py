@@ -87,9 +87,23 @@ class Metrics:
             "Age of the oldest notification waiting in the spool (0 when empty).",
             "livemax",
         )
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self.spool_quarantined = gauge(
             "bridge_spool_quarantined", "Damaged spool entries moved to quarantine since start."
         )
+
+    def count(self, kind: str, outcome: str, seconds: float) -> None:
+        """One notification handled (label children cached: this is on every request)."""
+        key = (kind, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.notifications.labels(kind, outcome),
+                self.latency.labels(outcome),
+            )
+        children[0].inc()
+        if outcome != "duplicate":
+            children[1].observe(seconds)
 
     def refresh(self, pipeline: Pipeline) -> None:
         """Set the gauges from the pipeline's state."""
