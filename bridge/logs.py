@@ -67,22 +67,35 @@ class StampRequestId(logging.Filter):
 
 class _Enqueue(logging.handlers.QueueHandler):
     """Hands records to the writer thread as they are: formatting and writing leave the event
-    loop (a line per notification is a noticeable share of the request's time)."""
+    loop (a line per notification is a noticeable share of the request's time). The queue is
+    bounded: when the writer cannot keep up, lines are dropped and counted, memory is not."""
+
+    dropped = 0
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record
 
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            _Enqueue.dropped += 1
+
 
 class Throttle(logging.Filter):
-    """Lets one copy of a repeated message through per interval: a Kafka outage makes aiokafka
-    log the same connection error many times a second."""
+    """Lets one copy of a repeated message (at `level` or above) through per interval: a Kafka
+    outage makes aiokafka log the same error many times a second, an overload or a guessing
+    client would make bridge log a refusal per request (the metrics count them all)."""
 
-    def __init__(self, interval: float = 10.0) -> None:
+    def __init__(self, interval: float = 10.0, level: int = logging.NOTSET) -> None:
         super().__init__()
         self.interval = interval
+        self.level = level
         self._last: dict[tuple[str, str], float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < self.level:
+            return True
         key = (record.name, str(record.msg))
         now = time.monotonic()
         if now - self._last.get(key, -self.interval) < self.interval:
@@ -94,6 +107,7 @@ class Throttle(logging.Filter):
 
 
 _listener: logging.handlers.QueueListener | None = None
+QUEUE_SIZE: Final = 10_000
 
 
 @atexit.register
@@ -115,7 +129,7 @@ def configure_logging(settings: Settings, *, json: bool | None = None) -> None:
         else TextFormatter("%(asctime)s %(levelname)-7s %(name)s  %(message)s")
     )
     stop_writer()
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=QUEUE_SIZE)
     _listener = logging.handlers.QueueListener(records, handler)
     _listener.start()
     enqueue = _Enqueue(records)
@@ -125,4 +139,5 @@ def configure_logging(settings: Settings, *, json: bool | None = None) -> None:
     root.setLevel(settings.log_level.upper())
     kafka = logging.getLogger("aiokafka")
     kafka.setLevel(max(logging.WARNING, root.level))
-    kafka.addFilter(Throttle())
+    kafka.filters[:] = [Throttle()]
+    logging.getLogger("bridge.notification").filters[:] = [Throttle(level=logging.WARNING)]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 
 import orjson
 import pytest
@@ -54,6 +55,27 @@ def test_repeated_messages_are_throttled() -> None:
     assert throttle.filter(record("Unable connect to node"))
     assert not throttle.filter(record("Unable connect to node"))
     assert throttle.filter(record("something else"))
+
+
+def test_only_warnings_are_throttled_when_asked() -> None:
+    throttle = Throttle(interval=60, level=logging.WARNING)
+    assert throttle.filter(record("notification %s"))  # info: one line per notification
+    assert throttle.filter(record("notification %s"))
+    warning = record("notification rejected: %s")
+    warning.levelno = logging.WARNING
+    assert throttle.filter(warning)
+    assert not throttle.filter(warning)
+
+
+def test_the_queue_to_the_writer_is_bounded() -> None:
+    from bridge.logs import _Enqueue  # noqa: PLC0415
+
+    handler = _Enqueue(queue.Queue(maxsize=2))
+    before = _Enqueue.dropped
+    for _ in range(5):
+        handler.handle(record())
+    assert handler.queue.qsize() == 2
+    assert _Enqueue.dropped - before == 3
 
 
 def test_one_line_per_notification_with_its_facts(
