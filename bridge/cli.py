@@ -24,7 +24,7 @@ from bridge.auth import require_credentials
 from bridge.broker import EmbeddedBroker, create_topics, free_port
 from bridge.compat import LEVELS
 from bridge.errors import BridgeError, ConfigError
-from bridge.logs import configure_logging
+from bridge.logs import configure_logging, dict_config
 from bridge.metrics import MULTIPROCESS_DIR
 from bridge.parse import TYPES
 from bridge.pipeline import Pipeline
@@ -195,7 +195,9 @@ def server_config(settings: Settings, app: ASGIApplication | str = APP) -> uvico
         factory=isinstance(app, str),
         host=settings.host,
         port=settings.port,
-        log_config=None,
+        # One process: logging configured by `bridge serve` itself; several: by uvicorn in
+        # each worker, from the same configuration.
+        log_config=dict_config(settings) if settings.workers > 1 else None,
         # Our own line per notification replaces the access log: no bodies, no secrets.
         access_log=False,
         lifespan="on",

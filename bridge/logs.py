@@ -120,6 +120,27 @@ def stop_writer() -> None:
 
 
 def configure_logging(settings: Settings, *, json: bool | None = None) -> None:
+    """Logging of this process: root to the writer thread, at BRIDGE_LOG_LEVEL."""
+    root = logging.getLogger()
+    root.handlers[:] = [writer_handler(json)]
+    root.setLevel(settings.log_level.upper())
+    _quiet(root.level)
+
+
+def dict_config(settings: Settings) -> dict[str, Any]:
+    """The same, as `logging.config.dictConfig` wants it: uvicorn applies it in each worker
+    process it starts (BRIDGE_WORKERS > 1)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"bridge": {"()": "bridge.logs.writer_handler"}},
+        "root": {"handlers": ["bridge"], "level": settings.log_level.upper()},
+        "loggers": {"aiokafka": {"level": "WARNING"}},
+    }
+
+
+def writer_handler(json: bool | None = None) -> logging.Handler:
+    """A handler that queues records for this process's writer thread (started here)."""
     global _listener  # noqa: PLW0603 - one writer thread per process
     handler = logging.StreamHandler(sys.stderr)
     as_json = not sys.stderr.isatty() if json is None else json
@@ -134,10 +155,12 @@ def configure_logging(settings: Settings, *, json: bool | None = None) -> None:
     _listener.start()
     enqueue = _Enqueue(records)
     enqueue.addFilter(StampRequestId())
-    root = logging.getLogger()
-    root.handlers[:] = [enqueue]
-    root.setLevel(settings.log_level.upper())
+    _quiet(logging.WARNING)
+    return enqueue
+
+
+def _quiet(level: int) -> None:
     kafka = logging.getLogger("aiokafka")
-    kafka.setLevel(max(logging.WARNING, root.level))
+    kafka.setLevel(max(logging.WARNING, level))
     kafka.filters[:] = [Throttle()]
     logging.getLogger("bridge.notification").filters[:] = [Throttle(level=logging.WARNING)]

@@ -188,9 +188,9 @@ def test_several_workers_share_the_socket_and_add_up_their_metrics(
     kafka_settings: Settings,
 ) -> None:
     env = process_env(kafka_settings, BRIDGE_AUTH_TOKENS=TOKEN, BRIDGE_WORKERS="2")
-    process = subprocess.Popen(
-        [*BRIDGE, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = kafka_settings.spool_dir.parent / "workers.log"  # type: ignore[union-attr]
+    with log.open("wb") as out:
+        process = subprocess.Popen([*BRIDGE, "serve"], env=env, stdout=out, stderr=out)
     base = f"http://127.0.0.1:{kafka_settings.port}"
     try:
         wait_for_port(kafka_settings.port, process)
@@ -211,4 +211,8 @@ def test_several_workers_share_the_socket_and_add_up_their_metrics(
         }
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(20)
+        assert process.wait(20) == 0
+    lines = [orjson.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    stored = [x for x in lines if x.get("logger") == "bridge.notification"]
+    assert len(stored) == 20  # each worker logs its own notifications
+    assert len({x.get("request_id") for x in stored}) == 20
