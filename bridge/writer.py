@@ -143,7 +143,7 @@ class Writer:
             return self._compile(kind, namespace)
         raise Unsupported(repr(node)[:80])
 
-    def _record(self, node: dict[str, Any], namespace: str) -> Write:  # noqa: C901 - hot path, flat
+    def _record(self, node: dict[str, Any], namespace: str) -> Write:  # noqa: C901, PLR0915 - hot path, flat
         fullname = node["name"] if "." in node["name"] else f"{namespace}.{node['name']}"
         namespace = fullname.rpartition(".")[0]
         # (name, writer, whether the record writes the union's branch byte itself)
@@ -160,19 +160,26 @@ class Writer:
                 fields.append((field["name"], self._compile(branches, namespace), False))
         known = frozenset(name for name, _, _ in fields)
 
-        def write(obj: Any, out: bytearray) -> None:
+        def write(obj: Any, out: bytearray) -> None:  # noqa: C901, PLR0912 - the hot loop, inlined
             if type(obj) is not dict:
                 raise _Mismatch
-            unknown = obj.keys() - known
-            unmapped = {k: _dumps(obj[k]) for k in obj if k in unknown} if unknown else {}
+            unmapped: dict[str, str] = {}
+            present = 0
             for name, write_field, branch_byte in fields:
                 value = obj.get(name, _ABSENT)
                 if value is _ABSENT:
                     out.append(0)  # the null branch: absent
                     continue
+                present += 1
                 if write_field is _string and type(value) is str:  # the common case, inline
                     out.append(2)
-                    _text(value, out)
+                    data = value.encode()
+                    size = len(data)
+                    if size < 64:
+                        out.append(size << 1)
+                    else:
+                        _long(size, out)
+                    out += data
                     continue
                 mark = len(out)
                 try:
@@ -190,7 +197,12 @@ class Writer:
                     del out[mark:]
                     out.append(0)
                     unmapped[name] = _dumps(value)
-            _map_of_text(unmapped, out)
+            if present < len(obj):  # members without a typed field
+                unmapped.update((k, _dumps(v)) for k, v in obj.items() if k not in known)
+            if unmapped:
+                _map_of_text(unmapped, out)
+            else:
+                out.append(0)  # the empty map
 
         self._named[fullname] = write
         return write
