@@ -27,10 +27,10 @@ from bridge.errors import BridgeError, ConfigError
 from bridge.logs import configure_logging, dict_config
 from bridge.metrics import MULTIPROCESS_DIR
 from bridge.parse import TYPES
-from bridge.pipeline import Pipeline
 from bridge.publish import KafkaPublisher
-from bridge.registry import SchemaRegistry
+from bridge.registry import SchemaRegistry, resolve_ids
 from bridge.routing import DLQ, all_topics
+from bridge.schemas import load_schemas
 from bridge.settings import Settings, load_settings
 from bridge.tail import TailOptions, tail
 
@@ -170,7 +170,8 @@ async def _preflight(settings: Settings) -> None:
     if settings.schema_registry_url:
         registry = SchemaRegistry(settings)
         try:
-            await Pipeline(settings, KafkaPublisher(settings)).use_registry(registry)
+            # Only the ids: the app resolves them again, in each worker, when it starts.
+            await resolve_ids(registry, settings, load_schemas())
         finally:
             await registry.close()
     publisher = KafkaPublisher(settings)

@@ -135,7 +135,7 @@ def dict_config(settings: Settings) -> dict[str, Any]:
         "disable_existing_loggers": False,
         "handlers": {"bridge": {"()": "bridge.logs.writer_handler"}},
         "root": {"handlers": ["bridge"], "level": settings.log_level.upper()},
-        "loggers": {"aiokafka": {"level": "WARNING"}},
+        "loggers": {"aiokafka": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
     }
 
 
@@ -163,4 +163,6 @@ def _quiet(level: int) -> None:
     kafka = logging.getLogger("aiokafka")
     kafka.setLevel(max(logging.WARNING, level))
     kafka.filters[:] = [Throttle()]
+    # httpx logs each registry request at info: not a line per request worth keeping.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, level))
     logging.getLogger("bridge.notification").filters[:] = [Throttle(level=logging.WARNING)]

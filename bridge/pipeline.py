@@ -37,8 +37,15 @@ from bridge.mapping import Mapper
 from bridge.metrics import Metrics
 from bridge.parse import case_id_of, parse_notification
 from bridge.publish import Delivery, Publisher
-from bridge.registry import SchemaRegistry, resolve_ids, subjects
-from bridge.routing import DLQ, Headers, dead_letter_headers, headers_for, topic_for
+from bridge.registry import SchemaRegistry, resolve_ids
+from bridge.routing import (
+    DLQ,
+    Headers,
+    dead_letter_headers,
+    dead_letter_id,
+    headers_for,
+    topic_for,
+)
 from bridge.schemas import Schema, load_schemas
 from bridge.settings import Settings
 from bridge.spool import Spool, SpoolEntry
@@ -98,13 +105,7 @@ class Pipeline:
 
     async def use_registry(self, registry: SchemaRegistry) -> None:
         """Write in the Confluent wire format with the ids the registry gives our schemas."""
-        s = self.settings
-        ids = await resolve_ids(
-            registry,
-            self.schemas,
-            subjects(s, self.schemas),
-            register=s.schema_registration == "auto",
-        )
+        ids = await resolve_ids(registry, self.settings, self.schemas)
         self.codec = Codec(self.schemas, ids=ids)
         self.registry = registry
 
@@ -173,7 +174,7 @@ class Pipeline:
         prepared = Prepared(
             type=DLQ,
             case_id=case_id,
-            event_id=headers[0][1].decode(),
+            event_id=dead_letter_id(body),
             topic=topic_for(self.settings.topic_prefix, DLQ),
             key=case_id.encode() if case_id else None,
             value=body,

@@ -152,17 +152,15 @@ class SchemaRegistry:
 
 
 async def resolve_ids(
-    registry: SchemaRegistry,
-    schemas: dict[str, Schema],
-    subjects: dict[str, str],
-    *,
-    register: bool,
+    registry: SchemaRegistry, settings: Settings, schemas: dict[str, Schema]
 ) -> dict[str, int]:
-    """The id of each type's schema: registered now (development) or looked up (production,
-    where CI/CD registers); refuses, naming subject and schema, when it is not there."""
+    """The id of each type's schema: registered now (BRIDGE_SCHEMA_REGISTRATION=auto) or looked
+    up (production, where CI/CD registers); refuses, naming subject and schema, when missing."""
+    names = subjects(settings, schemas)
+    register = settings.schema_registration == "auto"
     ids = {}
     for kind, schema in schemas.items():
-        subject = subjects[kind]
+        subject = names[kind]
         if register:
             ids[kind] = await registry.register(subject, schema)
             continue

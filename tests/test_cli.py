@@ -19,7 +19,7 @@ import pytest
 from bridge import __version__
 from bridge.broker import EmbeddedBroker, free_port
 from bridge.settings import Settings
-from tests.conftest import process_env, sample, sample_bytes
+from tests.conftest import RunningRegistry, process_env, sample, sample_bytes
 
 BRIDGE = [sys.executable, "-m", "bridge"]
 TOKEN = "cli-test-token-Zq8"
@@ -216,3 +216,18 @@ def test_several_workers_share_the_socket_and_add_up_their_metrics(
     stored = [x for x in lines if x.get("logger") == "bridge.notification"]
     assert len(stored) == 20  # each worker logs its own notifications
     assert len({x.get("request_id") for x in stored}) == 20
+
+
+def test_serve_refuses_to_start_when_its_schemas_are_not_registered(
+    kafka_settings: Settings, schema_registry: RunningRegistry
+) -> None:
+    env = process_env(
+        kafka_settings,
+        BRIDGE_AUTH_TOKENS=TOKEN,
+        BRIDGE_SCHEMA_REGISTRY_URL=schema_registry.url,
+        BRIDGE_SCHEMA_REGISTRATION="lookup",
+    )
+    result = run("serve", env=env)
+    assert result.returncode == 2
+    assert f"not registered under subject {kafka_settings.topic_prefix}call-value" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
