@@ -2,7 +2,9 @@
 
 The same rules as `bridge.mapping` (a test checks that both give the same record for any
 input), without building the intermediate record: each field is written as it is mapped.
-Compiled once per schema. fastavro remains the reader, and the writer of anything else.
+Compiled once per schema: each record becomes a generated straight-line function (see
+`_generate`; its source is built from the schema alone, field names as literals).
+fastavro remains the reader, and the writer of anything else.
 """
 
 from __future__ import annotations
@@ -125,6 +127,8 @@ class Writer:
                 return _PRIMITIVES[node]
             fullname = node if "." in node else f"{namespace}.{node}"
             named = self._named
+            if fullname in named:  # defined earlier: use it directly
+                return named[fullname]
 
             def reference(value: Any, out: bytearray) -> None:  # resolved late: recursion
                 named[fullname](value, out)
@@ -143,7 +147,7 @@ class Writer:
             return self._compile(kind, namespace)
         raise Unsupported(repr(node)[:80])
 
-    def _record(self, node: dict[str, Any], namespace: str) -> Write:  # noqa: C901, PLR0915 - hot path, flat
+    def _record(self, node: dict[str, Any], namespace: str) -> Write:
         fullname = node["name"] if "." in node["name"] else f"{namespace}.{node['name']}"
         namespace = fullname.rpartition(".")[0]
         # (name, writer, whether the record writes the union's branch byte itself)
@@ -158,52 +162,7 @@ class Writer:
                 fields.append((field["name"], self._compile(branches[1], namespace), True))
             else:
                 fields.append((field["name"], self._compile(branches, namespace), False))
-        known = frozenset(name for name, _, _ in fields)
-
-        def write(obj: Any, out: bytearray) -> None:  # noqa: C901, PLR0912 - the hot loop, inlined
-            if type(obj) is not dict:
-                raise _Mismatch
-            unmapped: dict[str, str] = {}
-            present = 0
-            for name, write_field, branch_byte in fields:
-                value = obj.get(name, _ABSENT)
-                if value is _ABSENT:
-                    out.append(0)  # the null branch: absent
-                    continue
-                present += 1
-                if write_field is _string and type(value) is str:  # the common case, inline
-                    out.append(2)
-                    data = value.encode()
-                    size = len(data)
-                    if size < 64:
-                        out.append(size << 1)
-                    else:
-                        _long(size, out)
-                    out += data
-                    continue
-                mark = len(out)
-                try:
-                    if branch_byte:
-                        if value is None:
-                            raise _Mismatch  # noqa: TRY301 - JSON null is kept in `unmapped`
-                        out.append(2)  # branch 1 of ["null", T]
-                    write_field(value, out)
-                except _Coerced as coerced:  # a number for a string: typed as text, kept exactly
-                    del out[mark:]
-                    out.append(2)
-                    _text(coerced.text, out)
-                    unmapped[name] = _dumps(value)
-                except _Mismatch:
-                    del out[mark:]
-                    out.append(0)
-                    unmapped[name] = _dumps(value)
-            if present < len(obj):  # members without a typed field
-                unmapped.update((k, _dumps(v)) for k, v in obj.items() if k not in known)
-            if unmapped:
-                _map_of_text(unmapped, out)
-            else:
-                out.append(0)  # the empty map
-
+        write = _generate(fullname, fields)
         self._named[fullname] = write
         return write
 
@@ -257,3 +216,130 @@ class Writer:
             out.append(0)
 
         return write
+
+
+def _field(  # noqa: PLR0913, PLR0917 - the slow path of one field, called from generated code
+    name: str,
+    value: Any,
+    write_field: Write,
+    branch_byte: bool,
+    out: bytearray,
+    unmapped: dict[str, str] | None,
+) -> dict[str, str] | None:
+    """Write one present field that the inline fast path did not take; returns `unmapped`."""
+    mark = len(out)
+    try:
+        if branch_byte:
+            if value is None:
+                raise _Mismatch  # noqa: TRY301 - JSON null is kept in `unmapped`
+            out.append(2)  # branch 1 of ["null", T]
+        write_field(value, out)
+    except _Coerced as coerced:  # a number for a string: typed as text, kept exactly
+        del out[mark:]
+        out.append(2)
+        _text(coerced.text, out)
+    except _Mismatch:
+        del out[mark:]
+        out.append(0)
+    else:
+        return unmapped
+    if unmapped is None:
+        unmapped = {}
+    unmapped[name] = _dumps(value)
+    return unmapped
+
+
+def _rest(
+    obj: dict[str, Any], known: frozenset[str], unmapped: dict[str, str] | None
+) -> dict[str, str] | None:
+    """Add the members without a typed field to `unmapped`."""
+    rest = [(k, _dumps(v)) for k, v in obj.items() if k not in known]
+    if not rest:
+        return unmapped
+    if unmapped is None:
+        unmapped = {}
+    unmapped.update(rest)
+    return unmapped
+
+
+# The inline fast path of each kind of field: the value's usual type, written without a call.
+_INLINE: Final[dict[Write, list[str]]] = {
+    _string: [
+        "if type(value) is str:",
+        "    out.append(2)",
+        "    data = value.encode()",
+        "    size = len(data)",
+        "    if size < 64:",
+        "        out.append(size << 1)",
+        "    else:",
+        "        _long(size, out)",
+        "    out += data",
+    ],
+    _long_field: [
+        "if type(value) is int and _LONG_MIN <= value <= _LONG_MAX:",
+        "    out.append(2)",
+        "    _long(value, out)",
+    ],
+    _double: ["if type(value) is float:", "    out.append(2)", "    out += _DOUBLE(value)"],
+    _boolean: ["if type(value) is bool:", "    out += b'\\x02\\x01' if value else b'\\x02\\x00'"],
+}
+
+
+def _generate(fullname: str, fields: list[tuple[str, Write, bool]]) -> Write:
+    """Compile a record writer to straight-line Python: one block per field, no loop, no
+    tuple unpacking, the common case of each field inline (the hot path of the bridge)."""
+    scope: dict[str, Any] = {
+        "_Mismatch": _Mismatch,
+        "_ABSENT": _ABSENT,
+        "_long": _long,
+        "_DOUBLE": _DOUBLE,
+        "_LONG_MIN": _LONG_MIN,
+        "_LONG_MAX": _LONG_MAX,
+        "_field": _field,
+        "_rest": _rest,
+        "_map_of_text": _map_of_text,
+        "_known": frozenset(name for name, _, _ in fields),
+    }
+    lines = [
+        "def write(obj, out):",
+        "    if type(obj) is not dict:",
+        "        raise _Mismatch",
+        "    get = obj.get",
+        "    unmapped = None",
+        "    present = 0",
+    ]
+    for index, (name, write_field, branch_byte) in enumerate(fields):
+        scope[f"_w{index}"] = write_field
+        slow = f"unmapped = _field({name!r}, value, _w{index}, {branch_byte}, out, unmapped)"
+        lines += [
+            f"    value = get({name!r}, _ABSENT)",
+            "    if value is _ABSENT:",
+            "        out.append(0)  # the null branch: absent",
+            "    else:",
+            "        present += 1",
+        ]
+        inline = _INLINE.get(write_field) if branch_byte else None
+        if inline is None and branch_byte and _is_record(write_field):
+            inline = ["if type(value) is dict:", "    out.append(2)", f"    _w{index}(value, out)"]
+        if inline is None:
+            lines.append(f"        {slow}")
+        else:
+            lines += [f"        {line}" for line in inline]
+            lines += ["        else:", f"            {slow}"]
+    lines += [
+        "    if present < len(obj):  # members without a typed field",
+        "        unmapped = _rest(obj, _known, unmapped)",
+        "    if unmapped:",
+        "        _map_of_text(unmapped, out)",
+        "    else:",
+        "        out.append(0)  # the empty map",
+    ]
+    code = compile("\n".join(lines), f"<writer {fullname}>", "exec")
+    exec(code, scope)  # noqa: S102 - source built above from the schema's field names (repr)
+    write: Write = scope["write"]
+    write.__qualname__ = f"write[{fullname}]"
+    return write
+
+
+def _is_record(write: Write) -> bool:
+    return getattr(write, "__qualname__", "").startswith("write[")
