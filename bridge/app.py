@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TypedDict
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from bridge.auth import Guard, bearer_token, require_credentials
 from bridge.errors import BridgeError
@@ -110,8 +111,8 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     return Starlette(
         routes=[
             # Every method: without a token, even the method must not tell that the path exists.
-            Route(WEBHOOK_PATH, receive_notification, methods=_ANY_METHOD),
-            Route(WEBHOOK_PATH + "/{token}", receive_notification, methods=_ANY_METHOD),
+            Route(WEBHOOK_PATH, _Webhook(), methods=_ANY_METHOD),
+            Route(WEBHOOK_PATH + "/{token}", _Webhook(), methods=_ANY_METHOD),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
@@ -141,58 +142,99 @@ async def _shutdown(pipeline: Pipeline, drainer: asyncio.Task[None]) -> None:
         await spool.close()
 
 
-async def receive_notification(request: Request) -> Response:
-    started = time.monotonic()
-    request_id.set(_request_id(request))
-    pipeline: Pipeline = request.state.pipeline
-    refused = _refuse(request, request.state.guard, pipeline)
-    if refused is not None:
-        return refused
-    if request.method != "POST":
-        return PlainTextResponse("Method Not Allowed", status_code=405, headers={"Allow": "POST"})
-    settings = pipeline.settings
-    with pipeline.admit():  # after authentication: strangers never hold a slot
-        try:
-            async with asyncio.timeout(settings.body_timeout):
-                body = await read_body(request, settings.max_body_bytes)
-        except TimeoutError:
-            raise _BodyTimeout(f"body not received within {settings.body_timeout:g}s") from None
-        outcome = await pipeline.accept(body, request.headers.get("content-type", ""))
-    prepared, delivery = outcome.prepared, outcome.delivery
-    seconds = time.monotonic() - started
-    pipeline.metrics.count(prepared.type, outcome.outcome, seconds)
-    logger.info(
-        "notification %s",
-        outcome.outcome,
-        extra={
-            "outcome": outcome.outcome,
-            "type": prepared.type,
-            "case_id": prepared.case_id,
-            "event_id": prepared.event_id,
-            "topic": prepared.topic,
-            "partition": delivery.partition if delivery else None,
-            "offset": delivery.offset if delivery else None,
-            "reason": prepared.reason or None,
-            "latency_ms": round(seconds * 1000, 2),
-        },
-    )
-    return Response(
-        _EMPTY_OBJECT, media_type="application/json", headers={"X-Request-Id": request_id.get()}
-    )
+class _Webhook:
+    """The webhook route as a plain ASGI app: the hot path, so no Request or Response objects
+    are built for it (errors still go to `bridge_error` through Starlette's middleware)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.monotonic()
+        headers = _headers(scope)
+        request_id.set(_request_id(headers.get(b"x-request-id")))
+        state = scope["state"]
+        pipeline: Pipeline = state["pipeline"]
+        refused = _refuse(scope, headers, state["guard"], pipeline)
+        if refused is None and scope["method"] != "POST":
+            refused = PlainTextResponse("Method Not Allowed", 405, headers={"Allow": "POST"})
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        settings = pipeline.settings
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        with pipeline.admit():  # after authentication: strangers never hold a slot
+            try:
+                async with asyncio.timeout(settings.body_timeout):
+                    body = await read_body(
+                        receive, headers.get(b"content-length"), settings.max_body_bytes
+                    )
+            except TimeoutError:
+                message = f"body not received within {settings.body_timeout:g}s"
+                raise _BodyTimeout(message) from None
+            except ClientDisconnect:  # nothing was stored and no one is left to answer
+                pipeline.metrics.rejected.labels("client_disconnected").inc()
+                logger.info("the client went away before its body ended")
+                return
+            outcome = await pipeline.accept(body, content_type)
+        prepared, delivery = outcome.prepared, outcome.delivery
+        seconds = time.monotonic() - started
+        pipeline.metrics.count(prepared.type, outcome.outcome, seconds)
+        logger.info(
+            "notification %s",
+            outcome.outcome,
+            extra={
+                "outcome": outcome.outcome,
+                "type": prepared.type,
+                "case_id": prepared.case_id,
+                "event_id": prepared.event_id,
+                "topic": prepared.topic,
+                "partition": delivery.partition if delivery else None,
+                "offset": delivery.offset if delivery else None,
+                "reason": prepared.reason or None,
+                "latency_ms": round(seconds * 1000, 2),
+            },
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    *_OK_HEADERS,
+                    (b"x-request-id", request_id.get().encode("latin-1")),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": _EMPTY_OBJECT})
 
 
-def _request_id(request: Request) -> str:
+_OK_HEADERS = ((b"content-type", b"application/json"), (b"content-length", b"2"))
+_WANTED = frozenset(
+    {b"authorization", b"content-length", b"content-type", b"x-forwarded-for", b"x-request-id"}
+)
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request headers the webhook reads, in one pass (the first of each)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in _WANTED and name not in found:
+            found[name] = value
+    return found
+
+
+def _request_id(given: bytes | None) -> str:
     """The caller's X-Request-Id when it is a sane token, else a new one."""
-    given = request.headers.get("x-request-id", "")
-    if 0 < len(given) <= 64 and given.replace("-", "").replace("_", "").isalnum():
-        return given
+    if given and len(given) <= 64 and given.replace(b"-", b"").replace(b"_", b"").isalnum():
+        return given.decode("ascii")
     return f"{_ID_PREFIX}{next(_ids):x}"  # unique per process start, and cheap
 
 
-def _refuse(request: Request, guard: Guard, pipeline: Pipeline) -> Response | None:
+def _refuse(
+    scope: Scope, headers: dict[bytes, bytes], guard: Guard, pipeline: Pipeline
+) -> Response | None:
     """The answer for a request that may not post, or None. Tokens are never logged."""
+    client = scope.get("client")
+    forwarded = headers.get(b"x-forwarded-for")
     address = guard.client_address(
-        request.client.host if request.client else None, request.headers.get("x-forwarded-for")
+        client[0] if client else None, forwarded.decode("latin-1") if forwarded else None
     )
     if not guard.allowed(address):
         pipeline.metrics.rejected.labels("address_not_allowed").inc()
@@ -204,7 +246,10 @@ def _refuse(request: Request, guard: Guard, pipeline: Pipeline) -> Response | No
         return PlainTextResponse(
             "Too Many Requests", status_code=429, headers={"Retry-After": str(wait)}
         )
-    token = request.path_params.get("token") or bearer_token(request.headers.get("authorization"))
+    authorization = headers.get(b"authorization")
+    token = scope["path_params"].get("token") or bearer_token(
+        authorization.decode("latin-1") if authorization else None
+    )
     if not guard.authorized(token):
         guard.failed(address)
         pipeline.metrics.rejected.labels("unauthorized").inc()
@@ -213,19 +258,23 @@ def _refuse(request: Request, guard: Guard, pipeline: Pipeline) -> Response | No
     return None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
     """The body, refusing (413) as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _BodyTooLarge(f"body larger than {limit} bytes")
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _BodyTooLarge(f"body larger than {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 async def healthz(_: Request) -> Response:

@@ -45,7 +45,8 @@ class Metrics:
         )
         self.rejected = Counter(
             "bridge_rejected",
-            "Requests answered with an error status, by reason.",
+            "Requests not stored, by reason: answered with an error status, or abandoned "
+            "by the client (client_disconnected).",
             ["reason"],
             registry=r,
         )

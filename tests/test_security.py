@@ -176,6 +176,27 @@ def test_a_trickling_body_is_cut_and_does_not_starve_others(tmp_path: Path) -> N
         assert 0.8 < waited < 3
 
 
+def test_a_client_gone_before_its_body_ends_frees_its_slot_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for url in serve(tmp_path):
+        port = int(url.rpartition(":")[2])
+        with socket.create_connection(("127.0.0.1", port)) as gone:
+            gone.sendall(
+                f"POST {WEBHOOK_PATH}/{TOKEN} HTTP/1.1\r\nHost: x\r\n"
+                'Content-Length: 5000\r\n\r\n{"type"'.encode()
+            )
+            time.sleep(0.2)
+        time.sleep(0.3)
+        metrics = httpx2.get(f"{url}/metrics").text
+        assert 'bridge_rejected_total{reason="client_disconnected"} 1.0' in metrics
+        assert "bridge_in_flight 0.0" in metrics
+        assert (
+            httpx2.post(f"{url}{WEBHOOK_PATH}/{TOKEN}", content=sample_bytes()).status_code == 200
+        )
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_https_when_a_certificate_is_configured(tmp_path: Path) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
