@@ -8,11 +8,11 @@ request_id. Never a body, never a token (bridge logs no paths).
 from __future__ import annotations
 
 import atexit
+import collections
 import contextvars
 import logging
-import logging.handlers
-import queue
 import sys
+import threading
 import time
 from typing import Any, Final
 
@@ -65,21 +65,74 @@ class StampRequestId(logging.Filter):
         return True
 
 
-class _Enqueue(logging.handlers.QueueHandler):
-    """Hands records to the writer thread as they are: formatting and writing leave the event
-    loop (a line per notification is a noticeable share of the request's time). The queue is
-    bounded: when the writer cannot keep up, lines are dropped and counted, memory is not."""
+class _Writer(threading.Thread):
+    """Writes this process's log lines off the event loop, in batches: a line per
+    notification would otherwise cost the request its formatting, a thread wake-up and a
+    write. Records wait in a bounded deque (appending takes no lock); the thread writes what
+    has gathered every `interval`, at once for a warning or worse. When it cannot keep up,
+    lines are dropped and counted, memory is not."""
 
     dropped = 0
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
+    def __init__(self, handler: logging.Handler, limit: int, interval: float = 0.05) -> None:
+        super().__init__(name="bridge-log-writer", daemon=True)
+        self.handler, self.limit, self.interval = handler, limit, interval
+        self.records: collections.deque[logging.LogRecord] = collections.deque()
+        self.wake = threading.Event()
+        self.stopping = False
 
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
-            _Enqueue.dropped += 1
+    def put(self, record: logging.LogRecord) -> None:
+        if len(self.records) >= self.limit:
+            _Writer.dropped += 1
+            return
+        self.records.append(record)
+        if record.levelno >= logging.WARNING:
+            self.wake.set()
+
+    def run(self) -> None:
+        while not self.stopping:
+            self.wake.wait(self.interval)
+            self.wake.clear()
+            self.write_waiting()
+        self.write_waiting()
+
+    def write_waiting(self) -> None:
+        lines = []
+        records, handler = self.records, self.handler
+        while records:
+            record = records.popleft()
+            try:
+                lines.append(handler.format(record))
+            except Exception:  # noqa: BLE001 - logging's own way: report, carry on
+                handler.handleError(record)
+        if lines and isinstance(handler, logging.StreamHandler):
+            try:
+                handler.stream.write("\n".join(lines) + "\n")
+                handler.flush()
+            except Exception:  # noqa: BLE001
+                handler.handleError(logging.makeLogRecord({"msg": "log write failed"}))
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        self.join(5)
+
+
+class _Enqueue(logging.Handler):
+    """Hands records, as they are, to the writer thread."""
+
+    def __init__(self, writer: _Writer) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def handle(self, record: logging.LogRecord) -> bool:  # no lock: the deque is enough
+        if not self.filter(record):
+            return False
+        self.writer.put(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.writer.put(record)
 
 
 class Throttle(logging.Filter):
@@ -106,17 +159,17 @@ class Throttle(logging.Filter):
         return True
 
 
-_listener: logging.handlers.QueueListener | None = None
+_writer: _Writer | None = None
 QUEUE_SIZE: Final = 10_000
 
 
 @atexit.register
 def stop_writer() -> None:
     """Write what is queued and stop the writer thread (also at exit)."""
-    global _listener  # noqa: PLW0603
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
+    global _writer  # noqa: PLW0603
+    if _writer is not None:
+        _writer.stop()
+        _writer = None
 
 
 def configure_logging(settings: Settings, *, json: bool | None = None) -> None:
@@ -141,7 +194,11 @@ def dict_config(settings: Settings) -> dict[str, Any]:
 
 def writer_handler(json: bool | None = None) -> logging.Handler:
     """A handler that queues records for this process's writer thread (started here)."""
-    global _listener  # noqa: PLW0603 - one writer thread per process
+    global _writer  # noqa: PLW0603 - one writer thread per process
+    # Fields our formatters never show, each a cost on every record (the logging HOWTO's
+    # "Optimization" section): the caller's source line, thread, process (a system call).
+    logging._srcfile = None  # noqa: SLF001 - documented as the way to skip findCaller
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     as_json = not sys.stderr.isatty() if json is None else json
     handler.setFormatter(
@@ -150,10 +207,9 @@ def writer_handler(json: bool | None = None) -> logging.Handler:
         else TextFormatter("%(asctime)s %(levelname)-7s %(name)s  %(message)s")
     )
     stop_writer()
-    records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=QUEUE_SIZE)
-    _listener = logging.handlers.QueueListener(records, handler)
-    _listener.start()
-    enqueue = _Enqueue(records)
+    _writer = _Writer(handler, QUEUE_SIZE)
+    _writer.start()
+    enqueue = _Enqueue(_writer)
     enqueue.addFilter(StampRequestId())
     _quiet(logging.WARNING)
     return enqueue

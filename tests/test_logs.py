@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import logging
-import queue
+import sys
+import time
 
 import orjson
 import pytest
@@ -68,14 +69,44 @@ def test_only_warnings_are_throttled_when_asked() -> None:
 
 
 def test_the_queue_to_the_writer_is_bounded() -> None:
-    from bridge.logs import _Enqueue  # noqa: PLC0415
+    from bridge.logs import _Enqueue, _Writer  # noqa: PLC0415
 
-    handler = _Enqueue(queue.Queue(maxsize=2))
-    before = _Enqueue.dropped
+    writer = _Writer(logging.StreamHandler(), limit=2)  # not started: nothing is written
+    handler = _Enqueue(writer)
+    before = _Writer.dropped
     for _ in range(5):
         handler.handle(record())
-    assert handler.queue.qsize() == 2
-    assert _Enqueue.dropped - before == 3
+    assert len(writer.records) == 2
+    assert _Writer.dropped - before == 3
+
+
+def test_lines_are_written_in_batches_and_warnings_at_once(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from bridge.logs import _Enqueue, _Writer  # noqa: PLC0415
+
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(JsonFormatter())
+    writer = _Writer(stream, limit=100, interval=60)  # on its own, it would wait a minute
+    writer.start()
+    try:
+        handler = _Enqueue(writer)
+        for n in range(3):
+            handler.handle(record(f"line {n}"))
+        time.sleep(0.2)
+        assert capfd.readouterr().err == ""  # gathered, not yet written
+        warning = record("trouble")
+        warning.levelno, warning.levelname = logging.WARNING, "WARNING"
+        handler.handle(warning)
+        deadline = time.monotonic() + 5
+        written = ""
+        while written.count("\n") < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            written += capfd.readouterr().err
+    finally:
+        writer.stop()
+    lines = [orjson.loads(x)["message"] for x in written.splitlines()]
+    assert lines == ["line 0", "line 1", "line 2", "trouble"]
 
 
 def test_one_line_per_notification_with_its_facts(
