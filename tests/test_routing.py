@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.parse import parse_notification
 from bridge.routing import all_topics, dead_letter_headers, headers_for, timestamp, topic_for
@@ -36,3 +40,9 @@ def test_dead_letters_carry_their_reason_and_a_content_hash_id() -> None:
     assert len(first["dlq-detail"]) == 500
     assert first["event-id"] == again["event-id"]
     assert first["event-id"].startswith(b"dlq:sha256:")
+
+
+@given(st.floats(min_value=0, max_value=2**33, allow_nan=False))
+def test_timestamps_are_the_ones_datetime_writes(when: float) -> None:
+    expected = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
+    assert timestamp(when) == expected.replace("+00:00", "Z")
