@@ -16,13 +16,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import uvloop
 
-from bench import load, stages
+from bench import instructions, load, stages
 from bench.bodies import BODIES, stream
 from bridge.broker import EmbeddedBroker, create_topics, free_port
 from bridge.routing import all_topics
@@ -32,6 +32,7 @@ PATH = f"/webhooks/airudder/{TOKEN}"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HISTORY = Path(__file__).resolve().parent / "HISTORY.md"
 PARTITIONS = 12
+Say = Callable[[str], None]
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -64,7 +65,10 @@ def peak_rss_mb(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def server(kind: str, broker: EmbeddedBroker, workers: int = 1) -> Iterator[tuple[int, int]]:
+def server(
+    kind: str, broker: EmbeddedBroker, workers: int = 1, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[int, int]]:
+    """A server process on a free port: `prefix` runs it under a tool (valgrind)."""
     port = free_port()
     spool = tempfile.mkdtemp(prefix="bench-spool-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
@@ -86,14 +90,14 @@ def server(kind: str, broker: EmbeddedBroker, workers: int = 1) -> Iterator[tupl
         )
     log = Path(spool) / "server.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=out)
+        process = subprocess.Popen([*prefix, *command], env=env, stdout=out, stderr=out)
     try:
-        wait_for_port(port, process)
+        wait_for_port(port, process, timeout=300 if prefix else 30)
         yield port, process.pid
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(20)
+            process.wait(120 if prefix else 20)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -143,6 +147,23 @@ def line(label: str, rows: list[dict[str, float]]) -> str:
     )
 
 
+def instruction_counts(args: argparse.Namespace, broker: EmbeddedBroker, say: Say) -> None:
+    bodies = args.bodies.split(",")
+    say(f"## Instructions per request (callgrind, {args.instructions} requests per body)\n")
+    say(
+        "Counted by valgrind, not timed: the same on a busy machine as on an idle one. "
+        "Thousands of instructions the server process executes per request (start-up "
+        "subtracted).\n"
+    )
+    say("| body | ceiling | bridge | ratio of rates it implies (ceiling ÷ bridge) |")
+    say("|---|---|---|---|")
+    counts = instructions.per_request(["ceiling", "bridge"], bodies, broker, args.instructions)
+    for body in bodies:
+        ceiling, bridge = counts["ceiling", body], counts["bridge", body]
+        say(f"| {body} | {ceiling:,.0f}k | {bridge:,.0f}k | {ceiling / bridge:.0%} |")
+    say()
+
+
 def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per run")
@@ -151,6 +172,12 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
     parser.add_argument("--concurrency", type=int, default=32, help="connections")
     parser.add_argument("--bodies", default=",".join(BODIES), help="example,small,mix")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        default=400,
+        help="requests per body counted under callgrind (0: skip; needs valgrind)",
+    )
     args = parser.parse_args()
     uvloop.install()
     out: list[str] = []
@@ -223,6 +250,8 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
         over = [measure("bridge", first, broker, args, concurrency=1024)]
         say(line("bridge, overload", over))
         say()
+        if args.instructions and instructions.available():
+            instruction_counts(args, broker, say)
     args.output.write_text("\n".join(out) + "\n\n" + HISTORY.read_text())
     print(f"\nwritten to {args.output}")
 

@@ -141,6 +141,29 @@ async def run(  # noqa: C901, PLR0913 - one loop, its knobs spelled out
     return result
 
 
+async def send(  # noqa: PLR0913 - the knobs of one run, spelled out
+    host: str, port: int, path: str, bodies: Iterator[bytes], *, count: int, concurrency: int
+) -> dict[int, int]:
+    """Send `count` requests over `concurrency` connections; the statuses, counted."""
+    loop = asyncio.get_running_loop()
+    statuses: dict[int, int] = {}
+    prefix = f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+
+    async def worker(share: int) -> None:
+        _, connection = await loop.create_connection(_Connection, host, port)
+        for _ in range(share):
+            body = next(bodies)
+            head = (prefix + f"Content-Length: {len(body)}\r\n\r\n").encode()
+            status = await connection.request(head + body)
+            statuses[status] = statuses.get(status, 0) + 1
+        if connection.transport is not None:
+            connection.transport.close()
+
+    shares = [count // concurrency + (i < count % concurrency) for i in range(concurrency)]
+    await asyncio.gather(*(worker(share) for share in shares))
+    return statuses
+
+
 def summary(result: Result) -> dict[str, float]:
     return {
         "rps": result.rate,

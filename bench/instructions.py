@@ -1,0 +1,58 @@
+"""Instructions per request, counted by valgrind's callgrind: unlike requests per second,
+the same on a busy machine as on an idle one, so a change's effect shows even when it is
+smaller than the machine's noise. The server runs under callgrind twice, once answering no
+request and once answering `count`; the difference, divided by `count`, is what a request
+costs (start-up, schema compilation and the idle loop cancel out)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from bench import load
+from bench.bodies import stream
+from bridge.broker import EmbeddedBroker
+
+
+def available() -> bool:
+    return shutil.which("valgrind") is not None
+
+
+def total(kind: str, body: str, broker: EmbeddedBroker, count: int) -> int:
+    """Instructions the server process executed from start to exit, answering `count`."""
+    from bench.__main__ import PATH, server  # noqa: PLC0415 - the harness imports this module
+
+    with tempfile.TemporaryDirectory(prefix="bench-callgrind-") as scratch:
+        log = Path(scratch) / "valgrind.log"
+        tool = (
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            f"--log-file={log}",
+        )
+        with server(kind, broker, prefix=tool) as (port, _):
+            if count:
+                statuses = asyncio.run(
+                    load.send("127.0.0.1", port, PATH, stream(body), count=count, concurrency=8)
+                )
+                if set(statuses) != {200}:
+                    raise RuntimeError(f"under callgrind, answers {statuses}")
+        found = re.search(r"Collected : (\d+)", log.read_text())
+        if found is None:
+            raise RuntimeError(f"no count from callgrind: {log.read_text()[-500:]}")
+        return int(found.group(1))
+
+
+def per_request(
+    kinds: list[str], bodies: list[str], broker: EmbeddedBroker, count: int = 400
+) -> dict[tuple[str, str], float]:
+    """Thousands of instructions per request, for each (kind, body)."""
+    results = {}
+    for kind in kinds:
+        idle = total(kind, bodies[0], broker, 0)
+        for body in bodies:
+            results[kind, body] = (total(kind, body, broker, count) - idle) / count / 1000
+    return results
