@@ -46,13 +46,30 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
     raise RuntimeError("server did not start")
 
 
+def tree(pid: int) -> list[int]:
+    """A process and its children (uvicorn's workers), whichever of its threads started them."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                pids += [int(c) for c in (task / "children").read_text().split()]
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     """Peak resident memory of a process and its children (the workers), in MB."""
     total = 0.0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids += [int(c) for c in children]
+    pids = tree(pid)
     worst = 0.0
     for p in pids:
         with contextlib.suppress(OSError):
@@ -114,6 +131,18 @@ def measure(  # noqa: PLR0913 - the knobs of one run, spelled out
     concurrency: int | None = None,
 ) -> dict[str, float]:
     with server(kind, broker, workers) as (port, pid):
+        marks: list[tuple[float, float, float, float]] = []
+
+        def mark() -> None:  # CPU used so far by the server, the broker and this process
+            marks.append(
+                (
+                    cpu_seconds(tree(pid)),
+                    cpu_seconds([broker.pid] if broker.pid else []),
+                    time.process_time(),
+                    time.monotonic(),
+                )
+            )
+
         result = asyncio.run(
             load.run(
                 "127.0.0.1",
@@ -124,10 +153,18 @@ def measure(  # noqa: PLR0913 - the knobs of one run, spelled out
                 seconds=args.seconds,
                 warmup=args.warmup,
                 rate=rate,
+                mark=mark,
             )
         )
+        mark()
         row = load.summary(result)
         row["rss_mb"] = peak_rss_mb(pid)
+        (server0, broker0, self0, wall0), (server1, broker1, self1, wall1) = marks
+        row["server_cpu_us"] = (server1 - server0) / max(1, result.requests) * 1e6
+        wall = wall1 - wall0
+        row["cores_server"] = (server1 - server0) / wall
+        row["cores_broker"] = (broker1 - broker0) / wall
+        row["cores_load"] = (self1 - self0) / wall
     return row
 
 
@@ -143,7 +180,19 @@ def line(label: str, rows: list[dict[str, float]]) -> str:
     return (
         f"| {label} | {median_and_spread(rows, 'rps')} | {median_and_spread(rows, 'p50_ms')} | "
         f"{median_and_spread(rows, 'p99_ms')} | {median_and_spread(rows, 'max_ms')} | "
-        f"{sum(r['errors'] for r in rows):.0f} | {max(r['rss_mb'] for r in rows):.0f} |"
+        f"{sum(r['errors'] for r in rows):.0f} | {max(r['rss_mb'] for r in rows):.0f} | "
+        f"{median_and_spread(rows, 'server_cpu_us')} |"
+    )
+
+
+def cores(rows: list[dict[str, float]]) -> str:
+    """Where the machine's cores went during the measured time (medians)."""
+    used = {
+        k: statistics.median(r[f"cores_{k}"] for r in rows) for k in ("server", "broker", "load")
+    }
+    return (
+        f"cores busy: server {used['server']:.2f}, broker {used['broker']:.2f}, "
+        f"load generator {used['load']:.2f} (of {os.cpu_count()})"
     )
 
 
@@ -208,9 +257,10 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
             "Closed loop, every request counted (slow ones included). Median of the runs, "
             "(min-max) after it.\n"
         )
-        say("| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB |")
-        say("|---|---|---|---|---|---|---|")
+        say("| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB | server CPU µs/req |")
+        say("|---|---|---|---|---|---|---|---|")
         best: dict[str, float] = {}
+        ones: dict[str, list[dict[str, float]]] = {}
         for body in args.bodies.split(","):
             ceiling = [measure("ceiling", body, broker, args) for _ in range(args.repeat)]
             bridge = [measure("bridge", body, broker, args) for _ in range(args.repeat)]
@@ -220,7 +270,8 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
                 r["rps"] for r in ceiling
             )
             best[body] = statistics.median(r["rps"] for r in bridge)
-            say(f"| **bridge / ceiling, {body}** | **{ratio:.0%}** | | | | | |")
+            ones[body] = bridge
+            say(f"| **bridge / ceiling, {body}** | **{ratio:.0%}** | | | | | | |")
         say()
         first = args.bodies.split(",")[0]
         half = best[first] / 2
@@ -228,8 +279,11 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
             f"## At half of the bridge's maximum rate ({first} body, {half:.0f} req/s, open loop)\n"
         )
         say("Latency counted from when each request was due, so queueing is not hidden.\n")
-        say("| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB | over 1 s |")
-        say("|---|---|---|---|---|---|---|---|")
+        say(
+            "| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB "
+            "| server CPU µs/req | over 1 s |"
+        )
+        say("|---|---|---|---|---|---|---|---|---|")
         rows = [
             measure("bridge", first, broker, args, rate=half, concurrency=64)
             for _ in range(args.repeat)
@@ -237,16 +291,24 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
         say(line("bridge, half rate", rows)[:-1] + f"| {sum(r['over_1s'] for r in rows):.0f} |")
         say()
         say(f"## Workers ({first} body)\n")
-        say("| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB (worst worker) |")
-        say("|---|---|---|---|---|---|---|")
+        say(
+            "| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB (worst worker) "
+            "| server CPU µs/req |"
+        )
+        say("|---|---|---|---|---|---|---|---|")
         two = [measure("bridge", first, broker, args, workers=2) for _ in range(args.repeat)]
+        say(line("bridge, 1 worker", ones[first]))
         say(line("bridge, 2 workers", two))
         scale = statistics.median(r["rps"] for r in two) / best[first]
-        say(f"| **2 workers / 1 worker** | **{scale:.2f}x** | | | | | |")
+        say(f"| **2 workers / 1 worker** | **{scale:.2f}x** | | | | | | |")
         say()
+        say(f"One worker, {cores(ones[first])}. Two workers, {cores(two)}.\n")
         say(f"## Overload ({first} body, 1,024 connections: beyond BRIDGE_MAX_IN_FLIGHT=512)\n")
-        say("| run | req/s | p50 ms | p99 ms | max ms | errors (503 by design) | peak RSS MB |")
-        say("|---|---|---|---|---|---|---|")
+        say(
+            "| run | req/s | p50 ms | p99 ms | max ms | errors (503 by design) | peak RSS MB "
+            "| server CPU µs/req |"
+        )
+        say("|---|---|---|---|---|---|---|---|")
         over = [measure("bridge", first, broker, args, concurrency=1024)]
         say(line("bridge, overload", over))
         say()

