@@ -5,18 +5,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import math
+import multiprocessing
 import os
 import secrets
 import shlex
+import signal
+import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
 from uvicorn._types import ASGIApplication
-from uvicorn.supervisors import Multiprocess
 
 from bridge import __version__, replay, schema_tools
 from bridge.app import WEBHOOK_PATH
@@ -161,8 +165,7 @@ def _serve(_: argparse.Namespace) -> int:
     require_credentials(settings)
     _configure_logging(settings)
     asyncio.run(_preflight(settings))
-    _run_server(settings)
-    return 0
+    return _run_server(settings)
 
 
 async def _preflight(settings: Settings) -> None:
@@ -213,16 +216,79 @@ def server_config(settings: Settings, app: ASGIApplication | str = APP) -> uvico
     )
 
 
-def _run_server(settings: Settings) -> None:
+def _run_server(settings: Settings) -> int:
     config = server_config(settings)
     if settings.workers == 1:
         _Server(config).run()
-        return
-    # As uvicorn.run does for several workers: one socket, a supervisor, N processes, each
-    # building its own app (and taking its own spool file); metrics added up across them.
-    config.workers = settings.workers
+        return 0
+    # Several processes, each building its own app (and taking its own spool file); metrics
+    # added up across them.
     os.environ.setdefault(MULTIPROCESS_DIR, tempfile.mkdtemp(prefix="bridge-metrics-"))
-    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    if config.port == 0:  # one port for all: chosen here
+        config.port = free_port()
+    return _supervise(config, settings.workers)
+
+
+STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that could not start
+lifecycle = logging.getLogger("bridge.lifecycle")
+
+
+def _supervise(config: uvicorn.Config, workers: int) -> int:
+    """Run `workers` processes until SIGTERM or SIGINT, replacing any that dies; the exit
+    status: 0, or 1 when a worker could not start.
+
+    Each worker listens on a socket of its own, all bound to the port with SO_REUSEPORT, so
+    the kernel spreads connections evenly across them. (uvicorn's supervisor hands all
+    workers one socket; the first to wake accepts a burst of connections and, kept alive,
+    their load: measured, one worker of two did all the work in most runs.)
+    """
+    context = multiprocessing.get_context("spawn")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+    def start(index: int) -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=_worker, args=(config,), name=f"bridge-worker-{index}")
+        process.start()
+        return process
+
+    processes = [start(i) for i in range(workers)]
+    lifecycle.info("started %d workers on port %d", workers, config.port)
+    failed = False
+    while not stop.wait(0.5):
+        for index, process in enumerate(processes):
+            if process.exitcode is None:
+                continue
+            if process.exitcode == STARTUP_FAILURE:  # it would fail the same way again
+                lifecycle.error("a worker could not start: stopping")
+                failed = True
+                stop.set()
+                break
+            lifecycle.error("worker %d exited (%s): replaced", index, process.exitcode)
+            processes[index] = start(index)
+    for process in processes:
+        if process.pid is not None and process.exitcode is None:
+            os.kill(process.pid, signal.SIGTERM)  # each finishes what it holds, then exits
+    for process in processes:
+        process.join()
+    return 1 if failed else 0
+
+
+def _worker(config: uvicorn.Config) -> None:
+    config.configure_logging()
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        listener.bind((config.host, config.port))
+    except OSError as exc:
+        lifecycle.error("cannot listen on port %d: %s", config.port, exc)
+        sys.exit(STARTUP_FAILURE)
+    server = _Server(config)
+    server.run(sockets=[listener])
+    if not server.started:  # the app did not start (its lifespan failed)
+        sys.exit(STARTUP_FAILURE)
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -250,8 +316,7 @@ def _dev(args: argparse.Namespace) -> int:
             f"/{token}" if token else ""
         )
         print(_banner(settings, broker, url), flush=True)
-        _run_server(settings)
-    return 0
+        return _run_server(settings)
 
 
 def _banner(settings: Settings, broker: EmbeddedBroker, url: str) -> str:

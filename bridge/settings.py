@@ -26,7 +26,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8080, ge=0, le=65535, description="HTTP port (0 picks a free one).")
     workers: int = Field(
-        1, ge=1, le=64, description="Worker processes (each with its own spool file)."
+        1,
+        ge=1,
+        le=64,
+        description="Worker processes, each with its own spool file and its own listening "
+        "socket on the port (SO_REUSEPORT: the kernel spreads connections across them).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -204,6 +205,9 @@ def test_several_workers_share_the_socket_and_add_up_their_metrics(
         for _ in range(5):  # whichever worker answers the scrape, the sum is whole
             text = httpx2.get(f"{base}/metrics").text
             assert 'bridge_notifications_total{outcome="stored",type="call"} 20.0' in text
+        # Connections opened together, kept alive: each worker takes a share of them (uvloop
+        # would otherwise let the first worker to wake accept them all).
+        assert len(_workers_answering(kafka_settings.port, connections=16)) == 2
         assert kafka_settings.spool_dir is not None
         assert {p.name for p in kafka_settings.spool_dir.glob("spool-*.sqlite3")} == {
             "spool-0.sqlite3",
@@ -214,8 +218,86 @@ def test_several_workers_share_the_socket_and_add_up_their_metrics(
         assert process.wait(20) == 0
     lines = [orjson.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
     stored = [x for x in lines if x.get("logger") == "bridge.notification"]
-    assert len(stored) == 20  # each worker logs its own notifications
-    assert len({x.get("request_id") for x in stored}) == 20
+    assert len(stored) == 20 + 16  # each worker logs its own notifications
+    assert len({x.get("request_id") for x in stored}) == 20 + 16
+
+
+def test_a_worker_that_dies_is_replaced(kafka_settings: Settings) -> None:
+    env = process_env(kafka_settings, BRIDGE_AUTH_TOKENS=TOKEN, BRIDGE_WORKERS="2")
+    process = subprocess.Popen([*BRIDGE, "serve"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(kafka_settings.port, process)
+        workers = _children(process.pid, count=2)
+        os.kill(workers[0], signal.SIGKILL)
+        replaced = _children(process.pid, count=2, without=workers[0])
+        assert workers[1] in replaced
+        time.sleep(1.0)  # the new worker up
+        assert len(_workers_answering(kafka_settings.port, connections=16)) == 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+
+
+def test_workers_that_cannot_listen_stop_the_service(kafka_settings: Settings) -> None:
+    with socket.socket() as taken:  # a plain listener on the port: no sharing it
+        taken.bind(("127.0.0.1", kafka_settings.port))
+        taken.listen()
+        env = process_env(kafka_settings, BRIDGE_AUTH_TOKENS=TOKEN, BRIDGE_WORKERS="2")
+        result = subprocess.run(
+            [*BRIDGE, "serve"], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on port {kafka_settings.port}" in result.stderr
+
+
+def _children(pid: int, count: int, without: int | None = None) -> list[int]:
+    """The worker processes of `pid` (spawned ones, not multiprocessing's helper), once there
+    are `count` of them and `without` is gone."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        found = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(c) for c in (task / "children").read_text().split()]
+        workers = [
+            c for c in found
+            if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()
+        ]  # fmt: skip
+        if len(workers) == count and without not in workers:
+            return workers
+        time.sleep(0.1)
+    pytest.fail(f"no {count} workers under {pid}")
+
+
+def _workers_answering(port: int, connections: int) -> set[str]:
+    """Open the connections at once, post one notification on each, and tell the workers
+    apart by their answers' request ids (each process has its own prefix)."""
+    sockets = [
+        socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(connections)
+    ]
+    prefixes = set()
+    try:
+        for n, connection in enumerate(sockets):
+            data = sample("call")
+            data["call"]["call_id"] = f"balance-test-{n}"
+            body = orjson.dumps(data)
+            connection.sendall(
+                f"POST /webhooks/airudder/{TOKEN} HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+        for connection in sockets:
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += connection.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 200")
+            found = re.search(rb"x-request-id: ([0-9a-f]{12})", answer)
+            assert found is not None
+            prefixes.add(found.group(1).decode())
+    finally:
+        for connection in sockets:
+            connection.close()
+    return prefixes
 
 
 def test_serve_refuses_to_start_when_its_schemas_are_not_registered(
