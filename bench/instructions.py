@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -44,6 +46,41 @@ def total(kind: str, body: str, broker: EmbeddedBroker, count: int) -> int:
         if found is None:
             raise RuntimeError(f"no count from callgrind: {log.read_text()[-500:]}")
         return int(found.group(1))
+
+
+_STAGES = """
+import sys
+from bench.bodies import stream
+from bridge.pipeline import Pipeline
+from bridge.publish import MemoryPublisher
+from bridge.settings import load_settings
+pipeline = Pipeline(load_settings(allow_unauthenticated=True, spool_dir=""), MemoryPublisher())
+bodies = stream(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    pipeline.prepare(next(bodies), "application/json", 0.0)
+"""
+
+
+def _counted(command: list[str]) -> int:
+    with tempfile.TemporaryDirectory(prefix="bench-callgrind-") as scratch:
+        log = Path(scratch) / "valgrind.log"
+        tool = [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            f"--log-file={log}",
+        ]
+        subprocess.run([*tool, *command], check=True, capture_output=True)
+        found = re.search(r"Collected : (\d+)", log.read_text())
+        if found is None:
+            raise RuntimeError(f"no count from callgrind: {log.read_text()[-500:]}")
+        return int(found.group(1))
+
+
+def stages(body: str, count: int = 1000) -> float:
+    """Thousands of instructions of the pure stages (parse, map + encode, route) per body."""
+    command = [sys.executable, "-c", _STAGES, body]
+    return (_counted([*command, str(count)]) - _counted([*command, "0"])) / count / 1000
 
 
 def per_request(
