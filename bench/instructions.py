@@ -7,11 +7,13 @@ costs (start-up, schema compilation and the idle loop cancel out)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench import load
@@ -27,14 +29,7 @@ def total(kind: str, body: str, broker: EmbeddedBroker, count: int) -> int:
     """Instructions the server process executed from start to exit, answering `count`."""
     from bench.__main__ import PATH, server  # noqa: PLC0415 - the harness imports this module
 
-    with tempfile.TemporaryDirectory(prefix="bench-callgrind-") as scratch:
-        log = Path(scratch) / "valgrind.log"
-        tool = (
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            f"--log-file={log}",
-        )
+    with _callgrind() as (tool, log):
         with server(kind, broker, prefix=tool) as (port, _):
             if count:
                 statuses = asyncio.run(
@@ -42,10 +37,25 @@ def total(kind: str, body: str, broker: EmbeddedBroker, count: int) -> int:
                 )
                 if set(statuses) != {200}:
                     raise RuntimeError(f"under callgrind, answers {statuses}")
-        found = re.search(r"Collected : (\d+)", log.read_text())
-        if found is None:
-            raise RuntimeError(f"no count from callgrind: {log.read_text()[-500:]}")
-        return int(found.group(1))
+        return _collected(log)
+
+
+@contextlib.contextmanager
+def _callgrind() -> Iterator[tuple[tuple[str, ...], Path]]:
+    """The command prefix that counts a process's instructions, and the log it writes."""
+    with tempfile.TemporaryDirectory(prefix="bench-callgrind-") as scratch:
+        log = Path(scratch) / "valgrind.log"
+        yield (
+            ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", f"--log-file={log}"),
+            log,
+        )
+
+
+def _collected(log: Path) -> int:
+    found = re.search(r"Collected : (\d+)", log.read_text())
+    if found is None:
+        raise RuntimeError(f"no count from callgrind: {log.read_text()[-500:]}")
+    return int(found.group(1))
 
 
 _STAGES = """
@@ -62,19 +72,9 @@ for _ in range(int(sys.argv[2])):
 
 
 def _counted(command: list[str]) -> int:
-    with tempfile.TemporaryDirectory(prefix="bench-callgrind-") as scratch:
-        log = Path(scratch) / "valgrind.log"
-        tool = [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            f"--log-file={log}",
-        ]
+    with _callgrind() as (tool, log):
         subprocess.run([*tool, *command], check=True, capture_output=True)
-        found = re.search(r"Collected : (\d+)", log.read_text())
-        if found is None:
-            raise RuntimeError(f"no count from callgrind: {log.read_text()[-500:]}")
-        return int(found.group(1))
+        return _collected(log)
 
 
 def stages(body: str, count: int = 1000) -> float:
