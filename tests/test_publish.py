@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
-from bridge.broker import free_port
+from bridge.broker import create_topics, free_port
 from bridge.errors import BrokerUnavailable, PublishError
 from bridge.publish import KafkaPublisher, MemoryPublisher, Publisher
 from bridge.settings import Settings, load_settings
@@ -83,3 +84,21 @@ async def test_an_unreachable_broker_is_reported_at_start_in_bounded_time() -> N
     with pytest.raises(BrokerUnavailable, match="BRIDGE_KAFKA_BOOTSTRAP_SERVERS"):
         await KafkaPublisher(settings).start()
     assert asyncio.get_running_loop().time() - started < 5
+
+
+@pytest.mark.kafka
+async def test_keys_land_where_kafkas_default_partitioner_puts_them(
+    kafka_settings: Settings,
+) -> None:
+    topic = f"{kafka_settings.topic_prefix}partitioned"
+    await create_topics(kafka_settings.kafka_bootstrap_servers, [topic], 6)
+    kafka = KafkaPublisher(kafka_settings)
+    await kafka.start()
+    try:
+        keys = [f"case-{n}".encode() for n in range(40)] + [b"12345.0", b"\xff" * 17]
+        landed = [(await kafka.publish(topic, key, b"v", [])).partition for key in keys]
+    finally:
+        await kafka.stop(5)
+    everywhere = list(range(6))
+    assert landed == [DefaultPartitioner()(key, everywhere, everywhere) for key in keys]
+    assert len(set(landed)) > 1
