@@ -262,16 +262,19 @@ def _rest(
     return unmapped
 
 
+# The branch byte of a present ["null", "string"] and the length of a short text, together.
+_PRESENT_TEXT: Final = tuple(bytes((2, size << 1)) for size in range(64))
+
 # The inline fast path of each kind of field: the value's usual type, written without a call.
 _INLINE: Final[dict[Write, list[str]]] = {
     _string: [
         "if type(value) is str:",
-        "    out.append(2)",
         "    data = value.encode()",
         "    size = len(data)",
         "    if size < 64:",
-        "        out.append(size << 1)",
+        "        out += _PRESENT_TEXT[size]",
         "    else:",
+        "        out.append(2)",
         "        _long(size, out)",
         "    out += data",
     ],
@@ -295,6 +298,7 @@ def _generate(fullname: str, fields: list[tuple[str, Write, bool]]) -> Write:
         "_DOUBLE": _DOUBLE,
         "_LONG_MIN": _LONG_MIN,
         "_LONG_MAX": _LONG_MAX,
+        "_PRESENT_TEXT": _PRESENT_TEXT,
         "_field": _field,
         "_rest": _rest,
         "_map_of_text": _map_of_text,
