@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import orjson
 
+from bridge.routing import timestamp
 from bridge.settings import Settings
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -33,7 +34,7 @@ _STANDARD: Final = frozenset(logging.makeLogRecord({}).__dict__) | {
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "time": timestamp(record.created),  # UTC, as the received-at header
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

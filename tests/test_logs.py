@@ -46,6 +46,19 @@ def test_json_lines_carry_the_fields_and_the_request_id() -> None:
     assert document["level"] == "info"
 
 
+def test_json_times_are_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Shanghai")  # eight hours east of UTC
+    time.tzset()
+    try:
+        made = record()
+        made.created, made.msecs = 1744699269.25, 250.0
+        document = orjson.loads(JsonFormatter().format(made))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert document["time"] == "2025-04-15T06:41:09.250Z"
+
+
 def test_text_lines_are_readable() -> None:
     line = TextFormatter("%(levelname)s %(message)s").format(record(case_id="7"))
     assert line == "INFO notification stored  case_id=7"
