@@ -114,6 +114,9 @@ class Writer:
 
     def __init__(self, schema: Schema) -> None:
         self._named: dict[str, Write] = {}
+        # Writers of records and of unions of records: any dict is theirs (a member that does
+        # not fit goes to `unmapped`), so they fail only on a value that is not a dict.
+        self._takes_any_dict: set[Write] = set()
         self._write = self._compile(schema.definition, "")
 
     def write(self, notification: dict[str, Any]) -> bytes:
@@ -133,6 +136,7 @@ class Writer:
             def reference(value: Any, out: bytearray) -> None:  # resolved late: recursion
                 named[fullname](value, out)
 
+            self._takes_any_dict.add(reference)  # named types are records here
             return reference
         if isinstance(node, list):
             return self._union(node, namespace)
@@ -162,8 +166,9 @@ class Writer:
                 fields.append((field["name"], self._compile(branches[1], namespace), True))
             else:
                 fields.append((field["name"], self._compile(branches, namespace), False))
-        write = _generate(fullname, fields)
+        write = _generate(fullname, fields, self._takes_any_dict)
         self._named[fullname] = write
+        self._takes_any_dict.add(write)
         return write
 
     def _union(self, branches: list[Any], namespace: str) -> Write:
@@ -198,6 +203,7 @@ class Writer:
             out += tag
             write_record(value, out)
 
+        self._takes_any_dict.add(write)
         return write
 
     def _array(self, node: dict[str, Any], namespace: str) -> Write:
@@ -288,7 +294,9 @@ _INLINE: Final[dict[Write, list[str]]] = {
 }
 
 
-def _generate(fullname: str, fields: list[tuple[str, Write, bool]]) -> Write:
+def _generate(
+    fullname: str, fields: list[tuple[str, Write, bool]], takes_any_dict: set[Write]
+) -> Write:
     """Compile a record writer to straight-line Python: one block per field, no loop, no
     tuple unpacking, the common case of each field inline (the hot path of the bridge)."""
     scope: dict[str, Any] = {
@@ -323,8 +331,12 @@ def _generate(fullname: str, fields: list[tuple[str, Write, bool]]) -> Write:
             "        present += 1",
         ]
         inline = _INLINE.get(write_field) if branch_byte else None
-        if inline is None and branch_byte and _is_record(write_field):
-            inline = ["if type(value) is dict:", "    out.append(2)", f"    _w{index}(value, out)"]
+        if inline is None and write_field in takes_any_dict:  # no fallback to prepare for
+            inline = [
+                "if type(value) is dict:",
+                *(["    out.append(2)"] if branch_byte else []),
+                f"    _w{index}(value, out)",
+            ]
         if inline is None:
             lines.append(f"        {slow}")
         else:
@@ -343,7 +355,3 @@ def _generate(fullname: str, fields: list[tuple[str, Write, bool]]) -> Write:
     write: Write = scope["write"]
     write.__qualname__ = f"write[{fullname}]"
     return write
-
-
-def _is_record(write: Write) -> bool:
-    return getattr(write, "__qualname__", "").startswith("write[")
