@@ -56,6 +56,26 @@ def tree(pid: int) -> list[int]:
     return pids
 
 
+def listeners(port: int) -> int:
+    """Sockets listening on the port (with SO_REUSEPORT, one per worker)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                local, state = row.split()[1], row.split()[3]
+                count += state == "0A" and int(local.rpartition(":")[2], 16) == port
+    return count
+
+
+def wait_for_workers(port: int, workers: int, timeout: float = 60) -> None:
+    """Every worker listening: connections made before would all go to the first ones."""
+    deadline = time.monotonic() + timeout
+    while listeners(port) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{listeners(port)} of {workers} workers listening")
+        time.sleep(0.1)
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time the processes have used so far."""
     total = 0
@@ -110,6 +130,8 @@ def server(
         process = subprocess.Popen([*prefix, *command], env=env, stdout=out, stderr=out)
     try:
         wait_for_port(port, process, timeout=300 if prefix else 30)
+        if kind == "bridge" and workers > 1:
+            wait_for_workers(port, workers)
         yield port, process.pid
     finally:
         process.send_signal(signal.SIGTERM)
