@@ -1,0 +1,49 @@
+"""`make bench` is not part of the suite, but must keep running: the whole harness, briefly."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import load
+
+
+def test_percentiles_count_every_request() -> None:
+    result = load.Result(1.0)
+    result.latencies.extend([0.001] * 98 + [2.0, 3.0])  # the slow ones are not left out
+    assert result.percentile(50) == 0.001
+    assert result.percentile(99) == 3.0
+    assert result.max == 3.0
+    assert result.rate == 100
+
+
+@pytest.mark.timeout(300)
+def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    output = tmp_path / "RESULTS.md"
+    command = [sys.executable, "-m", "bench", "--seconds", "0.5", "--warmup", "0.2"]
+    command += ["--repeat", "1", "--bodies", "small", "--instructions", "0"]
+    subprocess.run([*command, "--output", str(output)], check=True, capture_output=True)
+    text = output.read_text()
+    for heading in (
+        "Pure stages",
+        "Ceiling and bridge",
+        "half of the bridge",
+        "Workers",
+        "Overload",
+    ):
+        assert heading in text
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2:]
+        for line in text.splitlines()
+        if line.startswith(("| bridge, ", "| ceiling, "))
+    }
+    for label in ("ceiling, small", "bridge, small", "bridge, half rate", "bridge, 2 workers"):
+        requests_per_second, errors = float(rows[label][0].split()[0]), rows[label][4].strip()
+        assert requests_per_second > 0
+        assert errors == "0", label
+    assert re.search(r"\*\*2 workers / 1 worker\*\* \| \*\*\d+\.\d+x\*\*", text)
+    assert "What each change bought" in text  # the history follows the tables
