@@ -108,11 +108,12 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         finally:
             await _shutdown(pipeline, drainer)
 
+    webhook = _Webhook()
     return Starlette(
         routes=[
             # Every method: without a token, even the method must not tell that the path exists.
-            Route(WEBHOOK_PATH, _Webhook(), methods=_ANY_METHOD),
-            Route(WEBHOOK_PATH + "/{token}", _Webhook(), methods=_ANY_METHOD),
+            Route(WEBHOOK_PATH, webhook, methods=_ANY_METHOD),
+            Route(WEBHOOK_PATH + "/{token}", webhook, methods=_ANY_METHOD),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
@@ -149,7 +150,8 @@ class _Webhook:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.monotonic()
         headers = _headers(scope)
-        request_id.set(_request_id(headers.get(b"x-request-id")))
+        rid = _request_id(headers.get(b"x-request-id"))
+        request_id.set(rid)
         state = scope["state"]
         pipeline: Pipeline = state["pipeline"]
         refused = _refuse(scope, headers, state["guard"], pipeline)
@@ -196,16 +198,16 @@ class _Webhook:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [
-                    *_OK_HEADERS,
-                    (b"x-request-id", request_id.get().encode("latin-1")),
-                ],
+                "headers": [*_OK_HEADERS, (b"x-request-id", rid.encode("latin-1"))],
             }
         )
         await send({"type": "http.response.body", "body": _EMPTY_OBJECT})
 
 
-_OK_HEADERS = ((b"content-type", b"application/json"), (b"content-length", b"2"))
+_OK_HEADERS = (
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_EMPTY_OBJECT)).encode()),
+)
 _WANTED = frozenset(
     {b"authorization", b"content-length", b"content-type", b"x-forwarded-for", b"x-request-id"}
 )

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import uvicorn
 from uvicorn._types import ASGIApplication
+from uvicorn.config import STARTUP_FAILURE  # a worker that could not start
 
 from bridge import __version__, replay, schema_tools
 from bridge.app import WEBHOOK_PATH
@@ -229,7 +230,6 @@ def _run_server(settings: Settings) -> int:
     return _supervise(config, settings.workers)
 
 
-STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that could not start
 lifecycle = logging.getLogger("bridge.lifecycle")
 
 
