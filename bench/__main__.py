@@ -26,6 +26,8 @@ from bench import instructions, load, stages
 from bench.bodies import BODIES, stream
 from bridge.broker import EmbeddedBroker, create_topics, free_port
 from bridge.routing import all_topics
+from bridge.settings import Settings
+from bridge.spool import Spool
 
 TOKEN = "bench-token"  # noqa: S105 - a benchmark, not a secret
 PATH = f"/webhooks/airudder/{TOKEN}"
@@ -101,13 +103,31 @@ def peak_rss_mb(pid: int) -> float:
     return worst if len(pids) > 1 else total
 
 
+async def remembered_ids(directory: str, count: int) -> None:
+    """A spool file that remembers `count` event ids of the last minutes, as after a long run:
+    the server loads them at start, so it runs with its duplicate memory full."""
+    spool = Spool(Path(directory), 1024**3)
+    await spool.open()
+    first = int(time.time()) - count // 2000  # 2,000 a second, up to now
+    for start in range(0, count, 50_000):
+        ids = range(start, min(count, start + 50_000))
+        await spool.remember([(f"call:{i:032x}", float(first + i // 2000)) for i in ids], 0)
+    await spool.close()
+
+
 @contextlib.contextmanager
 def server(
-    kind: str, broker: EmbeddedBroker, workers: int = 1, prefix: tuple[str, ...] = ()
+    kind: str,
+    broker: EmbeddedBroker,
+    workers: int = 1,
+    prefix: tuple[str, ...] = (),
+    remembered: int = 0,
 ) -> Iterator[tuple[int, int]]:
     """A server process on a free port: `prefix` runs it under a tool (valgrind)."""
     port = free_port()
     spool = tempfile.mkdtemp(prefix="bench-spool-")
+    if remembered:
+        asyncio.run(remembered_ids(spool, remembered))
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     if kind == "ceiling":
         command = [sys.executable, "-m", "uvicorn", "bench.noop:create_app", "--factory"]
@@ -151,8 +171,9 @@ def measure(  # noqa: PLR0913 - the knobs of one run, spelled out
     workers: int = 1,
     rate: float | None = None,
     concurrency: int | None = None,
+    remembered: int = 0,
 ) -> dict[str, float]:
-    with server(kind, broker, workers) as (port, pid):
+    with server(kind, broker, workers, remembered=remembered) as (port, pid):
         marks: list[tuple[float, float, float, float]] = []
 
         def mark() -> None:  # CPU used so far by the server, the broker and this process
@@ -341,7 +362,14 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
         say("|---|---|---|---|---|---|---|---|")
         over = [measure("bridge", first, broker, args, concurrency=1024)]
         say(line("bridge, overload", over))
+        full = Settings.model_fields["dedup_max_entries"].default
+        over = [measure("bridge", first, broker, args, concurrency=1024, remembered=full)]
+        say(line(f"bridge, overload, duplicate memory full ({full:,} ids)", over))
         say()
+        say(
+            "The second run starts with the event ids of a long run in its spool file "
+            "(loaded at start), as a server that has run at full rate for minutes.\n"
+        )
         if args.instructions and instructions.available():
             instruction_counts(args, broker, say)
     args.output.write_text("\n".join(out) + "\n\n" + HISTORY.read_text())

@@ -90,7 +90,8 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
                 report.quarantined,
             )
             pipeline.attach(spool)
-            await pipeline.dedup.load()
+            remembered = await pipeline.dedup.load()
+            lifecycle.info("%d event ids remembered: their retries are dropped", remembered)
         registry = SchemaRegistry(settings) if settings.schema_registry_url else None
         try:
             if registry is not None:

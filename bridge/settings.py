@@ -87,7 +87,9 @@ class Settings(BaseSettings):
         description="Seconds an event id is remembered to drop the vendor's retries (0: off).",
     )
     dedup_max_entries: int = Field(
-        200_000, ge=1000, description="Most event ids remembered (bounds memory)."
+        200_000,
+        ge=1000,
+        description="Most event ids remembered (bounds memory: about 100 bytes each).",
     )
     max_in_flight: int = Field(
         512, ge=1, description="Notifications handled at once; beyond it 503 at once."

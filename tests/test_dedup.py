@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,51 @@ async def test_the_window_survives_a_restart(clock: Clock, tmp_path: Path) -> No
     assert not again.seen("call:1")
     assert again.seen("call:2")
     await spool.close()
+
+
+async def test_the_file_holds_no_more_ids_than_memory(clock: Clock, tmp_path: Path) -> None:
+    """At a sustained rate the window (30 min) holds millions of ids: the file must not."""
+    spool = Spool(tmp_path, 10_000_000)
+    await spool.open()
+    seen = Deduplicator(window=600, max_entries=1000, store=spool)
+    for second in range(5):
+        for i in range(500):
+            seen.remember(f"call:{second}-{i}")
+        await seen.flush()
+        clock.now += 1
+    stored = [row async for page in spool.remembered(0, 1_000_000) for row in page]
+    assert len(stored) == len(seen) == 1000
+    assert {event_id for event_id, _ in stored} == {
+        f"call:{second}-{i}" for second in (3, 4) for i in range(500)
+    }
+    await spool.close()
+
+    spool = Spool(tmp_path, 10_000_000)
+    await spool.open()
+    again = Deduplicator(window=600, max_entries=300, store=spool)  # a smaller limit after restart
+    assert await again.load() == 300
+    assert sum(again.seen(f"call:4-{i}") for i in range(500)) == 300
+    assert not any(again.seen(f"call:3-{i}") for i in range(500))
+    await spool.close()
+
+
+def test_an_id_costs_little_memory(clock: Clock) -> None:
+    """Memory bounds the window under load: a digest per id and one time stamp per second."""
+    tracemalloc.start()
+    try:
+        seen = Deduplicator(window=600, max_entries=100_000)
+        for i in range(50_000):
+            seen.remember(f"call:{i:032x}")  # as long as the vendor's call ids
+            clock.now += 0.001 if i % 100 else 1.0
+        used = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(seen) == 50_000
+    assert used / 50_000 < 110  # bytes per id: 102 (it was 150, with the id's text and a float)
+
+
+def test_without_a_file_nothing_waits_to_be_written(clock: Clock) -> None:
+    seen = Deduplicator(window=600, max_entries=1000)
+    for i in range(5000):
+        seen.remember(f"call:{i}")
+    assert not seen._pending

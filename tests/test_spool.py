@@ -91,10 +91,29 @@ async def test_each_process_takes_its_own_spool_file(tmp_path: Path) -> None:
     await third.close()
 
 
+async def remembered(spool: Spool, since: float, limit: int) -> list[tuple[str, float]]:
+    return [row async for page in spool.remembered(since, limit) for row in page]
+
+
 async def test_event_ids_are_remembered_on_disk(tmp_path: Path) -> None:
     spool = await opened(tmp_path)
     await spool.remember([("a", 100.0), ("b", 200.0)], expired_before=150.0)
-    assert await spool.remembered(0) == [("b", 200.0)]
+    assert await remembered(spool, 0, 10) == [("b", 200.0)]
+    await spool.close()
+
+
+async def test_remembered_gives_the_newest_ids_oldest_first(tmp_path: Path) -> None:
+    spool = await opened(tmp_path)
+    await spool.remember([(f"e{i}", float(i)) for i in range(10)], expired_before=0)
+    assert await remembered(spool, 2, 3) == [("e7", 7.0), ("e8", 8.0), ("e9", 9.0)]
+    assert await remembered(spool, 8, 5) == [("e8", 8.0), ("e9", 9.0)]
+    await spool.remember([(f"f{i:03}", 20.0) for i in range(250)], expired_before=0)  # one second
+    pages = [page async for page in spool.remembered(0, 1000, page=100)]
+    assert [len(p) for p in pages] == [100, 100, 60]
+    assert [row for page in pages for row in page] == [
+        *((f"e{i}", float(i)) for i in range(10)),
+        *((f"f{i:03}", 20.0) for i in range(250)),
+    ]
     await spool.close()
 
 
