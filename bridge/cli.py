@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
 import math
 import multiprocessing
@@ -16,6 +17,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -184,6 +186,17 @@ async def _preflight(settings: Settings) -> None:
 
 
 class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, heartbeat: ctypes.c_double | None = None) -> None:
+        super().__init__(config)
+        self.heartbeat = heartbeat
+
+    async def on_tick(self, counter: int) -> bool:
+        # Ten times a second, on the event loop: a supervisor that sees no beat knows the loop
+        # is stuck, not just busy.
+        if self.heartbeat is not None:
+            self.heartbeat.value = time.monotonic()
+        return await super().on_tick(counter)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         with super().capture_signals():
@@ -227,54 +240,104 @@ def _run_server(settings: Settings) -> int:
     os.environ.setdefault(MULTIPROCESS_DIR, tempfile.mkdtemp(prefix="bridge-metrics-"))
     if config.port == 0:  # one port for all: chosen here
         config.port = free_port()
-    return _supervise(config, settings.workers)
+    return _supervise(config, settings.workers, settings.worker_timeout)
 
 
 lifecycle = logging.getLogger("bridge.lifecycle")
+FIRST_DELAY, LAST_DELAY = 0.5, 30.0  # seconds before a dead worker's replacement starts
+STABLE_AFTER = 60.0  # a worker that ran this long before it died is replaced at once
 
 
-def _supervise(config: uvicorn.Config, workers: int) -> int:
-    """Run `workers` processes until SIGTERM or SIGINT, replacing any that dies; the exit
-    status: 0, or 1 when a worker could not start.
+def restart_delay(previous: float, lived: float) -> float:
+    """Seconds to wait before replacing a worker that died after `lived` seconds: at once
+    after a long life, else twice the previous wait (a worker that keeps crashing at start
+    would otherwise be replaced, and crash, twice a second)."""
+    if lived >= STABLE_AFTER:
+        return 0.0
+    return min(LAST_DELAY, max(FIRST_DELAY, previous * 2))
+
+
+class _Worker:
+    """One worker slot: its process, when it started, and the heartbeat its event loop writes."""
+
+    def __init__(self, index: int, config: uvicorn.Config) -> None:
+        self.index, self.config = index, config
+        self.delay = 0.0
+        self.due: float | None = None  # when a dead worker's replacement starts
+        self.start()
+
+    def start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.heartbeat = context.Value("d", 0.0, lock=False)
+        self.process = context.Process(
+            target=_worker, args=(self.config, self.heartbeat), name=f"bridge-worker-{self.index}"
+        )
+        self.process.start()
+        self.started, self.due = time.monotonic(), None
+
+    def tend(self, now: float, timeout: float) -> bool:
+        """Start a due replacement, kill a hung worker, schedule a dead one's replacement;
+        False when the worker could not start (it would fail the same way again)."""
+        if self.due is not None:
+            if now >= self.due:
+                self.start()
+            return True
+        beat = float(self.heartbeat.value)  # 0 until the worker serves
+        if beat and now - beat > timeout and self.process.pid:
+            lifecycle.error("worker %d hung (%.0f s): killed", self.index, now - beat)
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.join()
+        if self.process.exitcode is None:
+            return True
+        if self.process.exitcode == STARTUP_FAILURE:
+            lifecycle.error("a worker could not start: stopping")
+            return False
+        self.delay = restart_delay(self.delay, now - self.started)
+        self.due = now + self.delay
+        lifecycle.error(
+            "worker %d exited (%s) after %.0f s: replaced in %.1f s",
+            self.index,
+            self.process.exitcode,
+            now - self.started,
+            self.delay,
+        )
+        return True
+
+    def stop(self) -> None:
+        if self.process.pid is not None and self.process.exitcode is None:
+            os.kill(self.process.pid, signal.SIGTERM)  # it finishes what it holds, then exits
+
+
+def _supervise(config: uvicorn.Config, workers: int, timeout: float) -> int:
+    """Run `workers` processes until SIGTERM or SIGINT, replacing any that dies or hangs; the
+    exit status: 0, or 1 when a worker could not start.
 
     Each worker listens on a socket of its own, all bound to the port with SO_REUSEPORT, so
     the kernel spreads connections evenly across them. (uvicorn's supervisor hands all
     workers one socket; the first to wake accepts a burst of connections and, kept alive,
-    their load: measured, one worker of two did all the work in most runs.)
+    their load: measured, one worker of two did all the work in most runs.) A worker whose
+    event loop has not run for `timeout` seconds is killed: the connections the kernel gives
+    its socket would otherwise wait forever.
     """
-    context = multiprocessing.get_context("spawn")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-
-    def start(index: int) -> multiprocessing.process.BaseProcess:
-        process = context.Process(target=_worker, args=(config,), name=f"bridge-worker-{index}")
-        process.start()
-        return process
-
-    processes = [start(i) for i in range(workers)]
+    slots = [_Worker(i, config) for i in range(workers)]
     lifecycle.info("started %d workers on port %d", workers, config.port)
     failed = False
-    while not stop.wait(0.5):
-        for index, process in enumerate(processes):
-            if process.exitcode is None:
-                continue
-            if process.exitcode == STARTUP_FAILURE:  # it would fail the same way again
-                lifecycle.error("a worker could not start: stopping")
-                failed = True
-                stop.set()
-                break
-            lifecycle.error("worker %d exited (%s): replaced", index, process.exitcode)
-            processes[index] = start(index)
-    for process in processes:
-        if process.pid is not None and process.exitcode is None:
-            os.kill(process.pid, signal.SIGTERM)  # each finishes what it holds, then exits
-    for process in processes:
-        process.join()
+    while not stop.wait(0.25):
+        now = time.monotonic()
+        if not all(slot.tend(now, timeout) for slot in slots):
+            failed = True
+            break
+    for slot in slots:
+        slot.stop()
+    for slot in slots:
+        slot.process.join()
     return 1 if failed else 0
 
 
-def _worker(config: uvicorn.Config) -> None:
+def _worker(config: uvicorn.Config, heartbeat: ctypes.c_double | None = None) -> None:
     config.configure_logging()
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
@@ -285,7 +348,7 @@ def _worker(config: uvicorn.Config) -> None:
     except OSError as exc:
         lifecycle.error("cannot listen on port %d: %s", config.port, exc)
         sys.exit(STARTUP_FAILURE)
-    server = _Server(config)
+    server = _Server(config, heartbeat)
     server.run(sockets=[listener])
     if not server.started:  # the app did not start (its lifespan failed)
         sys.exit(STARTUP_FAILURE)

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
         description="Worker processes, each with its own spool file and its own listening "
         "socket on the port (SO_REUSEPORT: the kernel spreads connections across them).",
     )
+    worker_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="With several workers: one whose event loop has not run for this many "
+        "seconds is killed and replaced.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )

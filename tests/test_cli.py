@@ -19,6 +19,7 @@ import pytest
 
 from bridge import __version__
 from bridge.broker import EmbeddedBroker, free_port
+from bridge.cli import restart_delay
 from bridge.settings import Settings
 from tests.conftest import RunningRegistry, process_env, sample, sample_bytes
 
@@ -224,7 +225,9 @@ def test_several_workers_share_the_socket_and_add_up_their_metrics(
 
 def test_a_worker_that_dies_is_replaced(kafka_settings: Settings) -> None:
     env = process_env(kafka_settings, BRIDGE_AUTH_TOKENS=TOKEN, BRIDGE_WORKERS="2")
-    process = subprocess.Popen([*BRIDGE, "serve"], env=env, stderr=subprocess.DEVNULL)
+    log = kafka_settings.spool_dir.parent / "workers.log"  # type: ignore[union-attr]
+    with log.open("wb") as out:
+        process = subprocess.Popen([*BRIDGE, "serve"], env=env, stdout=out, stderr=out)
     try:
         wait_for_port(kafka_settings.port, process)
         workers = _children(process.pid, count=2)
@@ -236,6 +239,46 @@ def test_a_worker_that_dies_is_replaced(kafka_settings: Settings) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
+    assert re.search(r"worker 0 exited \(-9\) after \d+ s: replaced in 0.5 s", log.read_text())
+
+
+def test_a_hung_worker_is_killed_and_replaced(kafka_settings: Settings) -> None:
+    env = process_env(
+        kafka_settings, BRIDGE_AUTH_TOKENS=TOKEN, BRIDGE_WORKERS="2", BRIDGE_WORKER_TIMEOUT="2"
+    )
+    log = kafka_settings.spool_dir.parent / "workers.log"  # type: ignore[union-attr]
+    with log.open("wb") as out:
+        process = subprocess.Popen([*BRIDGE, "serve"], env=env, stdout=out, stderr=out)
+    try:
+        wait_for_port(kafka_settings.port, process)
+        workers = _children(process.pid, count=2)
+        time.sleep(1.0)  # both serving: the supervisor watches a worker from then on
+        os.kill(workers[1], signal.SIGSTOP)  # alive, but its event loop runs no more
+        replaced = _children(process.pid, count=2, without=workers[1])
+        assert workers[0] in replaced
+        time.sleep(1.0)  # the new worker up
+        assert len(_workers_answering(kafka_settings.port, connections=16)) == 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    assert re.search(r"worker 1 hung \([23] s\): killed", log.read_text())
+
+
+@pytest.mark.parametrize(
+    ("previous", "lived", "delay"),
+    [
+        (0.0, 0.3, 0.5),  # dies at start: wait a little
+        (0.5, 0.3, 1.0),  # again: twice as long
+        (16.0, 2.0, 30.0),  # never longer than 30 s
+        (30.0, 5.0, 30.0),
+        (30.0, 61.0, 0.0),  # ran for a while before it died: replaced at once
+        (0.0, 3600.0, 0.0),
+    ],
+)
+def test_a_worker_that_keeps_dying_is_replaced_ever_more_slowly(
+    previous: float, lived: float, delay: float
+) -> None:
+    assert restart_delay(previous, lived) == delay
 
 
 def test_workers_that_cannot_listen_stop_the_service(kafka_settings: Settings) -> None:
