@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
+from prometheus_client.multiprocess import mark_process_dead
 from uvicorn._types import ASGIApplication
 from uvicorn.config import STARTUP_FAILURE  # a worker that could not start
 
@@ -292,6 +293,10 @@ class _Worker:
         if self.process.exitcode == STARTUP_FAILURE:
             lifecycle.error("a worker could not start: stopping")
             return False
+        if self.process.pid is not None and MULTIPROCESS_DIR in os.environ:
+            # Its gauges leave the sums (a dead worker's in-flight count, spool depth or
+            # kafka_up would otherwise stay in them); its counters stay, as they must.
+            mark_process_dead(self.process.pid)  # type: ignore[no-untyped-call]
         self.delay = restart_delay(self.delay, now - self.started)
         self.due = now + self.delay
         lifecycle.error(

@@ -236,6 +236,11 @@ def test_a_worker_that_dies_is_replaced(kafka_settings: Settings) -> None:
         assert workers[1] in replaced
         time.sleep(1.0)  # the new worker up
         assert len(_workers_answering(kafka_settings.port, connections=16)) == 2
+        # The gauges add up the live workers only: the dead one's values are gone.
+        text = httpx2.get(f"http://127.0.0.1:{kafka_settings.port}/metrics").text
+        found = re.search(r"^bridge_spool_max_bytes (\S+)$", text, re.MULTILINE)
+        assert found is not None
+        assert float(found.group(1)) == 2 * kafka_settings.spool_max_bytes
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
