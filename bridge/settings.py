@@ -93,9 +93,11 @@ class Settings(BaseSettings):
         description="Seconds an event id is remembered to drop the vendor's retries (0: off).",
     )
     dedup_max_entries: int = Field(
-        200_000,
+        # Just below 174,762, where the dict's table doubles (to 2**20 slots) once ids come
+        # and go: measured in steady state, 170,000 ids take 20 MB, 200,000 took 32 MB.
+        170_000,
         ge=1000,
-        description="Most event ids remembered (bounds memory: about 100 bytes each).",
+        description="Most event ids remembered (bounds memory: about 120 bytes each).",
     )
     max_in_flight: int = Field(
         512, ge=1, description="Notifications handled at once; beyond it 503 at once."
