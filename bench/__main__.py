@@ -1,6 +1,7 @@
-"""`make bench`: the ceiling (a bare Starlette endpoint) and the bridge, end to end against the
-embedded broker, same server settings, bodies and concurrency; repeated; results printed and
-written to bench/RESULTS.md. Every server is a separate process, stopped at the end."""
+"""`make bench`: the ceiling (a bare Starlette endpoint), the floor (parse + publish only) and
+the bridge, end to end against the embedded broker, same server settings, bodies and
+concurrency; repeated; results printed and written to bench/RESULTS.md. Every server is a
+separate process, stopped at the end."""
 
 from __future__ import annotations
 
@@ -130,14 +131,18 @@ def remembering(port: int) -> float:
 
 
 @contextlib.contextmanager
-def server(
+def server(  # noqa: PLR0913 - the knobs of one server, spelled out
     kind: str,
     broker: EmbeddedBroker,
+    *,
     workers: int = 1,
     prefix: tuple[str, ...] = (),
     remembered: int = 0,
+    body: str = "example",
 ) -> Iterator[tuple[int, int]]:
-    """A server process on a free port: `prefix` runs it under a tool (valgrind)."""
+    """A server process on a free port: `prefix` runs it under a tool (valgrind). `kind` is
+    ceiling (bench/noop.py), floor (bench/floor.py, records as long as the bridge's for
+    `body`) or bridge."""
     port = free_port()
     spool = tempfile.mkdtemp(prefix="bench-spool-")
     if remembered:
@@ -147,6 +152,13 @@ def server(
         command = [sys.executable, "-m", "uvicorn", "bench.noop:create_app", "--factory"]
         command += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
         command += ["--workers", str(workers)] if workers > 1 else []
+    elif kind == "floor":
+        command = [sys.executable, "-m", "uvicorn", "bench.floor:create_app", "--factory"]
+        command += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+        env.update(
+            BENCH_FLOOR_KAFKA=broker.bootstrap_servers,
+            BENCH_FLOOR_VALUE_BYTES=str(stages.record_bytes(body)),
+        )
     else:
         command = [sys.executable, "-m", "bridge", "serve"]
         env.update(
@@ -191,7 +203,7 @@ def measure(  # noqa: PLR0913 - the knobs of one run, spelled out
     # The bridge as after minutes at full rate: its duplicate memory full, so each stored id
     # makes it forget one (10 s runs from empty never got there).
     remembered = FULL if kind == "bridge" else 0
-    with server(kind, broker, workers, remembered=remembered) as (port, pid):
+    with server(kind, broker, workers=workers, remembered=remembered, body=body) as (port, pid):
         marks: list[tuple[float, float, float, float]] = []
 
         def mark() -> None:  # CPU used so far by the server, the broker and this process
@@ -266,18 +278,19 @@ def instruction_counts(args: argparse.Namespace, broker: EmbeddedBroker, say: Sa
         "subtracted).\n"
     )
     say(
-        "| body | ceiling (HTTP) | bridge | of which the stages (parse, map + encode, route) "
-        "| the rest (Kafka client, pipeline, log line, metrics) | ratio of rates it implies "
-        "(ceiling ÷ bridge) |"
+        "| body | ceiling (HTTP) | floor (parse + publish) | bridge | of which the stages "
+        "(parse, map + encode, route) | the rest (Kafka client, pipeline, log line, metrics) "
+        "| ratio of rates it implies: ceiling ÷ floor | ceiling ÷ bridge |"
     )
-    say("|---|---|---|---|---|---|")
-    counts = instructions.per_request(["ceiling", "bridge"], bodies, broker, args.instructions)
+    say("|---|---|---|---|---|---|---|---|")
+    kinds = ["ceiling", "floor", "bridge"]
+    counts = instructions.per_request(kinds, bodies, broker, args.instructions)
     for body in bodies:
-        ceiling, bridge = counts["ceiling", body], counts["bridge", body]
+        ceiling, floor, bridge = (counts[kind, body] for kind in kinds)
         alone = instructions.stages(body)
         say(
-            f"| {body} | {ceiling:,.0f}k | {bridge:,.0f}k | {alone:,.0f}k | "
-            f"{bridge - ceiling - alone:,.0f}k | {ceiling / bridge:.0%} |"
+            f"| {body} | {ceiling:,.0f}k | {floor:,.0f}k | {bridge:,.0f}k | {alone:,.0f}k | "
+            f"{bridge - ceiling - alone:,.0f}k | {ceiling / floor:.0%} | {ceiling / bridge:.0%} |"
         )
     say()
 
@@ -323,26 +336,31 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
     say()
     with EmbeddedBroker() as broker:
         asyncio.run(create_topics(broker.bootstrap_servers, all_topics("bench."), PARTITIONS))
-        say("## Ceiling and bridge, one worker\n")
+        say("## Ceiling, floor and bridge, one worker\n")
         say(
             "Closed loop, every request counted (slow ones included). Median of the runs, "
-            "(min-max) after it.\n"
+            "(min-max) after it. The ceiling reads the body and answers `{}`; the floor "
+            "(bench/floor.py) only parses the body with orjson and publishes one record of the "
+            "bridge's length with aiokafka, acks=all: no implementation on these parts can be "
+            "faster.\n"
         )
         say("| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB | server CPU µs/req |")
         say("|---|---|---|---|---|---|---|---|")
         best: dict[str, float] = {}
         ones: dict[str, list[dict[str, float]]] = {}
         for body in args.bodies.split(","):
-            ceiling = [measure("ceiling", body, broker, args) for _ in range(args.repeat)]
-            bridge = [measure("bridge", body, broker, args) for _ in range(args.repeat)]
-            say(line(f"ceiling, {body}", ceiling))
-            say(line(f"bridge, {body}", bridge))
-            ratio = statistics.median(r["rps"] for r in bridge) / statistics.median(
-                r["rps"] for r in ceiling
-            )
-            best[body] = statistics.median(r["rps"] for r in bridge)
-            ones[body] = bridge
-            say(f"| **bridge / ceiling, {body}** | **{ratio:.0%}** | | | | | | |")
+            rows = {
+                kind: [measure(kind, body, broker, args) for _ in range(args.repeat)]
+                for kind in ("ceiling", "floor", "bridge")
+            }
+            rate = {kind: statistics.median(r["rps"] for r in runs) for kind, runs in rows.items()}
+            for kind, runs in rows.items():
+                say(line(f"{kind}, {body}", runs))
+            for upper, lower in (("bridge", "ceiling"), ("floor", "ceiling"), ("bridge", "floor")):
+                ratio = rate[upper] / rate[lower]
+                say(f"| **{upper} / {lower}, {body}** | **{ratio:.0%}** | | | | | | |")
+            best[body] = rate["bridge"]
+            ones[body] = rows["bridge"]
         say()
         first = args.bodies.split(",")[0]
         half = best[first] / 2

@@ -30,7 +30,7 @@ def total(kind: str, body: str, broker: EmbeddedBroker, count: int) -> int:
     from bench.__main__ import PATH, server  # noqa: PLC0415 - the harness imports this module
 
     with _callgrind() as (tool, log):
-        with server(kind, broker, prefix=tool) as (port, _):
+        with server(kind, broker, prefix=tool, body=body) as (port, _):
             if count:
                 statuses = asyncio.run(
                     load.send("127.0.0.1", port, PATH, stream(body), count=count, concurrency=8)

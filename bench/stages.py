@@ -37,6 +37,14 @@ def measure(number: int = 2000) -> dict[str, dict[str, float]]:
     return results
 
 
+def record_bytes(name: str) -> int:
+    """The mean length of the bridge's records for a body stream's first bodies."""
+    pipeline = Pipeline(load_settings(allow_unauthenticated=True, spool_dir=""), MemoryPublisher())
+    bodies = stream(name)
+    sizes = [len(pipeline.prepare(next(bodies), "application/json", 0.0).value) for _ in range(3)]
+    return sum(sizes) // len(sizes)
+
+
 def report(results: dict[str, dict[str, float]]) -> str:
     lines = [
         (

@@ -30,7 +30,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     text = output.read_text()
     for heading in (
         "Pure stages",
-        "Ceiling and bridge",
+        "Ceiling, floor and bridge",
         "half of the bridge",
         "Workers",
         "Overload",
@@ -39,9 +39,15 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     rows = {
         line.split("|")[1].strip(): line.split("|")[2:]
         for line in text.splitlines()
-        if line.startswith(("| bridge, ", "| ceiling, "))
+        if line.startswith(("| bridge, ", "| ceiling, ", "| floor, "))
     }
-    for label in ("ceiling, small", "bridge, small", "bridge, half rate", "bridge, 2 workers"):
+    for label in (
+        "ceiling, small",
+        "floor, small",
+        "bridge, small",
+        "bridge, half rate",
+        "bridge, 2 workers",
+    ):
         requests_per_second, errors = float(rows[label][0].split()[0]), rows[label][4].strip()
         assert requests_per_second > 0
         assert errors == "0", label
