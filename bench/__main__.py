@@ -107,6 +107,18 @@ def peak_rss_mb(pid: int) -> float:
     return worst if len(pids) > 1 else total
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory now of the process (or of its worst worker), in MB."""
+    worst = 0.0
+    pids = tree(pid)
+    for p in pids[1:] or pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    worst = max(worst, float(line.split()[1]) / 1024)
+    return worst
+
+
 async def remembered_ids(directory: str, count: int, files: int) -> None:
     """Spool files (one per worker) that remember `count` event ids of the last minutes, as
     after a long run: each worker loads its file at start, its duplicate memory full."""
@@ -199,12 +211,13 @@ def measure(  # noqa: PLR0913 - the knobs of one run, spelled out
     workers: int = 1,
     rate: float | None = None,
     concurrency: int | None = None,
+    seconds: float | None = None,
 ) -> dict[str, float]:
     # The bridge as after minutes at full rate: its duplicate memory full, so each stored id
     # makes it forget one (10 s runs from empty never got there).
     remembered = FULL if kind == "bridge" else 0
     with server(kind, broker, workers=workers, remembered=remembered, body=body) as (port, pid):
-        marks: list[tuple[float, float, float, float]] = []
+        marks: list[tuple[float, float, float, float, float]] = []
 
         def mark() -> None:  # CPU used so far by the server, the broker and this process
             marks.append(
@@ -213,6 +226,7 @@ def measure(  # noqa: PLR0913 - the knobs of one run, spelled out
                     cpu_seconds([broker.pid] if broker.pid else []),
                     time.process_time(),
                     time.monotonic(),
+                    rss_mb(pid),
                 )
             )
 
@@ -223,7 +237,7 @@ def measure(  # noqa: PLR0913 - the knobs of one run, spelled out
                 PATH,
                 stream(body),
                 concurrency=concurrency or args.concurrency,
-                seconds=args.seconds,
+                seconds=seconds or args.seconds,
                 warmup=args.warmup,
                 rate=rate,
                 mark=mark,
@@ -232,7 +246,8 @@ def measure(  # noqa: PLR0913 - the knobs of one run, spelled out
         mark()
         row = load.summary(result)
         row["rss_mb"] = peak_rss_mb(pid)
-        (server0, broker0, self0, wall0), (server1, broker1, self1, wall1) = marks
+        (server0, broker0, self0, wall0, rss0), (server1, broker1, self1, wall1, rss1) = marks
+        row["rss_start_mb"], row["rss_end_mb"] = rss0, rss1
         row["server_cpu_us"] = (server1 - server0) / max(1, result.requests) * 1e6
         wall = wall1 - wall0
         row["cores_server"] = (server1 - server0) / wall
@@ -302,6 +317,9 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement")
     parser.add_argument("--concurrency", type=int, default=32, help="connections")
     parser.add_argument("--bodies", default=",".join(BODIES), help="example,small,mix")
+    parser.add_argument(
+        "--soak", type=float, default=60.0, help="seconds at half rate, once (0: skip)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--instructions",
@@ -379,6 +397,17 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
         ]
         say(line("bridge, half rate", rows)[:-1] + f"| {sum(r['over_1s'] for r in rows):.0f} |")
         say()
+        if args.soak:
+            soak = measure(
+                "bridge", first, broker, args, rate=half, concurrency=64, seconds=args.soak
+            )
+            say(
+                f"Held for {args.soak:g} s (one run): p99 {soak['p99_ms']:.0f} ms, max "
+                f"{soak['max_ms']:.0f} ms, {soak['over_1s']:.0f} over 1 s, "
+                f"{soak['errors']:.0f} errors; "
+                f"resident memory {soak['rss_start_mb']:.0f} MB after the warm-up, "
+                f"{soak['rss_end_mb']:.0f} MB at the end.\n"
+            )
         say(f"## Workers ({first} body)\n")
         say(
             "| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB (worst worker) "

@@ -25,7 +25,7 @@ def test_percentiles_count_every_request() -> None:
 def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     output = tmp_path / "RESULTS.md"
     command = [sys.executable, "-m", "bench", "--seconds", "0.5", "--warmup", "0.2"]
-    command += ["--repeat", "1", "--bodies", "small", "--instructions", "0"]
+    command += ["--repeat", "1", "--bodies", "small", "--instructions", "0", "--soak", "1"]
     subprocess.run([*command, "--output", str(output)], check=True, capture_output=True)
     text = output.read_text()
     for heading in (
@@ -52,6 +52,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         assert requests_per_second > 0
         assert errors == "0", label
     assert "bridge, overload" in rows
+    assert re.search(r"Held for 1 s .* 0 errors; resident memory \d+ MB after", text)
     assert "duplicate memory full (170,000 event ids" in text
     assert re.search(r"\*\*2 workers / 1 worker\*\* \| \*\*\d+\.\d+x\*\*", text)
     assert "What each change bought" in text  # the history follows the tables
