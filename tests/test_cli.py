@@ -223,49 +223,47 @@ def test_several_workers_share_the_socket_and_add_up_their_metrics(
     assert len({x.get("request_id") for x in stored}) == 20 + 16
 
 
-def test_a_worker_that_dies_is_replaced(kafka_settings: Settings) -> None:
-    env = process_env(kafka_settings, BRIDGE_AUTH_TOKENS=TOKEN, BRIDGE_WORKERS="2")
-    log = kafka_settings.spool_dir.parent / "workers.log"  # type: ignore[union-attr]
+@contextlib.contextmanager
+def _two_workers(
+    settings: Settings, **values: str
+) -> Iterator[tuple[subprocess.Popen[bytes], list[int], Path]]:
+    """`bridge serve` with two workers: the supervisor, the workers' pids, and its log."""
+    env = process_env(settings, BRIDGE_AUTH_TOKENS=TOKEN, BRIDGE_WORKERS="2", **values)
+    log = settings.spool_dir.parent / "workers.log"  # type: ignore[union-attr]
     with log.open("wb") as out:
         process = subprocess.Popen([*BRIDGE, "serve"], env=env, stdout=out, stderr=out)
     try:
-        wait_for_port(kafka_settings.port, process)
-        workers = _children(process.pid, count=2)
+        wait_for_port(settings.port, process)
+        yield process, _children(process.pid, count=2), log
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+
+
+def _replaced(process: subprocess.Popen[bytes], workers: list[int], gone: int, port: int) -> None:
+    """Worker `gone` has a successor, the other is still there, and both answer."""
+    assert workers[1 - gone] in _children(process.pid, count=2, without=workers[gone])
+    time.sleep(1.0)  # the new worker up
+    assert len(_workers_answering(port, connections=16)) == 2
+
+
+def test_a_worker_that_dies_is_replaced(kafka_settings: Settings) -> None:
+    with _two_workers(kafka_settings) as (process, workers, log):
         os.kill(workers[0], signal.SIGKILL)
-        replaced = _children(process.pid, count=2, without=workers[0])
-        assert workers[1] in replaced
-        time.sleep(1.0)  # the new worker up
-        assert len(_workers_answering(kafka_settings.port, connections=16)) == 2
+        _replaced(process, workers, 0, kafka_settings.port)
         # The gauges add up the live workers only: the dead one's values are gone.
         text = httpx2.get(f"http://127.0.0.1:{kafka_settings.port}/metrics").text
         found = re.search(r"^bridge_spool_max_bytes (\S+)$", text, re.MULTILINE)
         assert found is not None
         assert float(found.group(1)) == 2 * kafka_settings.spool_max_bytes
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(20) == 0
     assert re.search(r"worker 0 exited \(-9\) after \d+ s: replaced in 0.5 s", log.read_text())
 
 
 def test_a_hung_worker_is_killed_and_replaced(kafka_settings: Settings) -> None:
-    env = process_env(
-        kafka_settings, BRIDGE_AUTH_TOKENS=TOKEN, BRIDGE_WORKERS="2", BRIDGE_WORKER_TIMEOUT="2"
-    )
-    log = kafka_settings.spool_dir.parent / "workers.log"  # type: ignore[union-attr]
-    with log.open("wb") as out:
-        process = subprocess.Popen([*BRIDGE, "serve"], env=env, stdout=out, stderr=out)
-    try:
-        wait_for_port(kafka_settings.port, process)
-        workers = _children(process.pid, count=2)
+    with _two_workers(kafka_settings, BRIDGE_WORKER_TIMEOUT="2") as (process, workers, log):
         time.sleep(1.0)  # both serving: the supervisor watches a worker from then on
         os.kill(workers[1], signal.SIGSTOP)  # alive, but its event loop runs no more
-        replaced = _children(process.pid, count=2, without=workers[1])
-        assert workers[0] in replaced
-        time.sleep(1.0)  # the new worker up
-        assert len(_workers_answering(kafka_settings.port, connections=16)) == 2
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(20) == 0
+        _replaced(process, workers, 1, kafka_settings.port)
     assert re.search(r"worker 1 hung \([23] s\): killed", log.read_text())
 
 
