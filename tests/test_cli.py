@@ -264,7 +264,7 @@ def test_a_hung_worker_is_killed_and_replaced(kafka_settings: Settings) -> None:
         time.sleep(1.0)  # both serving: the supervisor watches a worker from then on
         os.kill(workers[1], signal.SIGSTOP)  # alive, but its event loop runs no more
         _replaced(process, workers, 1, kafka_settings.port)
-    assert re.search(r"worker 1 hung \([23] s\): killed", log.read_text())
+    assert re.search(r"worker 1 hung \(\d+ s\): killed", log.read_text())
 
 
 @pytest.mark.parametrize(
