@@ -92,29 +92,14 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_mb(pid: int) -> float:
-    """Peak resident memory of a process and its children (the workers), in MB."""
-    total = 0.0
-    pids = tree(pid)
+def memory_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/PID/status (VmRSS: now, VmHWM: peak) of the process, or of
+    its worst worker when it has some, in MB."""
     worst = 0.0
-    for p in pids:
+    for p in tree(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    kb = float(line.split()[1])
-                    total += kb / 1024
-                    worst = max(worst, kb / 1024)
-    return worst if len(pids) > 1 else total
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory now of the process (or of its worst worker), in MB."""
-    worst = 0.0
-    pids = tree(pid)
-    for p in pids[1:] or pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     worst = max(worst, float(line.split()[1]) / 1024)
     return worst
 
@@ -190,8 +175,8 @@ def server(  # noqa: PLR0913 - the knobs of one server, spelled out
         wait_for_port(port, process, timeout=300 if prefix else 30)
         if kind == "bridge" and workers > 1:
             wait_for_workers(port, workers)
-        if remembered and remembering(port) < remembered * workers:
-            raise RuntimeError(f"the server remembers {remembering(port):.0f} event ids")
+        if remembered and (held := remembering(port)) < remembered * workers:
+            raise RuntimeError(f"the server remembers {held:.0f} event ids")
         yield port, process.pid
     finally:
         process.send_signal(signal.SIGTERM)
@@ -226,7 +211,7 @@ def measure(  # noqa: PLR0913 - the knobs of one run, spelled out
                     cpu_seconds([broker.pid] if broker.pid else []),
                     time.process_time(),
                     time.monotonic(),
-                    rss_mb(pid),
+                    memory_mb(pid, "VmRSS"),
                 )
             )
 
@@ -245,7 +230,7 @@ def measure(  # noqa: PLR0913 - the knobs of one run, spelled out
         )
         mark()
         row = load.summary(result)
-        row["rss_mb"] = peak_rss_mb(pid)
+        row["rss_mb"] = memory_mb(pid, "VmHWM")
         (server0, broker0, self0, wall0, rss0), (server1, broker1, self1, wall1, rss1) = marks
         row["rss_start_mb"], row["rss_end_mb"] = rss0, rss1
         row["server_cpu_us"] = (server1 - server0) / max(1, result.requests) * 1e6

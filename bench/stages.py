@@ -11,8 +11,13 @@ from bridge.publish import MemoryPublisher
 from bridge.settings import load_settings
 
 
+def _pipeline() -> Pipeline:
+    """The bridge's pipeline on its own: no spool, records kept in memory."""
+    return Pipeline(load_settings(allow_unauthenticated=True, spool_dir=""), MemoryPublisher())
+
+
 def measure(number: int = 2000) -> dict[str, dict[str, float]]:
-    pipeline = Pipeline(load_settings(allow_unauthenticated=True, spool_dir=""), MemoryPublisher())
+    pipeline = _pipeline()
     results = {}
     for name in BODIES:
         bodies = stream(name)
@@ -39,7 +44,7 @@ def measure(number: int = 2000) -> dict[str, dict[str, float]]:
 
 def record_bytes(name: str) -> int:
     """The mean length of the bridge's records for a body stream's first bodies."""
-    pipeline = Pipeline(load_settings(allow_unauthenticated=True, spool_dir=""), MemoryPublisher())
+    pipeline = _pipeline()
     bodies = stream(name)
     sizes = [len(pipeline.prepare(next(bodies), "application/json", 0.0).value) for _ in range(3)]
     return sum(sizes) // len(sizes)
