@@ -177,3 +177,21 @@ def test_an_id_remembered_again_stays_for_its_new_stamp(clock: Clock) -> None:
     assert seen.seen("call:1")
     assert seen.seen("call:2")
     assert len(seen) == 3
+
+
+async def test_a_file_that_holds_more_than_memory_is_cut_down(clock: Clock, tmp_path: Path) -> None:
+    """Files written before the bound held every id of the window: the first flush trims them."""
+    spool = Spool(tmp_path, 10_000_000)
+    await spool.open()
+    rows = [(f"old:{i}", clock.now - 300 + i / 10) for i in range(3000)]
+    await spool.remember(rows, expired_before=0)
+    seen = Deduplicator(window=600, max_entries=1000, store=spool)
+    assert await seen.load() == 1000  # the newest
+    assert seen.seen("old:2999")
+    assert not seen.seen("old:1999")
+    seen.remember("new")
+    await seen.flush()
+    stored = [row async for page in spool.remembered(0, 1_000_000) for row in page]
+    assert len(stored) <= 1001
+    assert stored[-1][0] == "new"
+    await spool.close()
