@@ -1,18 +1,24 @@
 """`bridge schemas check` against a registry: the registry's verdict, and bridge's own check
-of the versions it compares with, naming the field even when the registry gives no reason."""
+of the versions it compares with, naming the field even when the registry gives no reason; and
+why it is the guard (a newer incompatible version does not stop `bridge serve`)."""
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
-from bridge.registry import SchemaRegistry
+from bridge.app import WEBHOOK_PATH, create_app
+from bridge.encode import confluent_id
+from bridge.publish import MemoryPublisher
+from bridge.registry import SchemaRegistry, subjects
 from bridge.schema_tools import check_schemas
 from bridge.schemas import Schema, from_definition, load_schemas
 from bridge.settings import Settings, load_settings
-from tests.conftest import RunningRegistry
+from tests.conftest import RunningRegistry, sample_bytes
 
 SCHEMAS = load_schemas()
 SUBJECT = "airudder.chatbot-value"
@@ -121,3 +127,31 @@ async def test_a_transitive_level_compares_every_registered_version(
         f"chatbot: registry subject {SUBJECT} version 1, 2 (BACKWARD_TRANSITIVE): the registry "
         "answers incompatible"
     ) in report.checked
+
+
+async def test_a_newer_incompatible_latest_leaves_serve_writing_its_own_version_and_fails_check(
+    schema_registry: RunningRegistry, settings: Settings, tmp_path: Path
+) -> None:
+    registry = SchemaRegistry(settings)
+    try:
+        ids = {
+            kind: await registry.register(subject, SCHEMAS[kind])
+            for kind, subject in subjects(settings, SCHEMAS).items()
+        }
+    finally:
+        await registry.close()
+    schema_registry.state.config[SUBJECT] = "NONE"  # someone registers an incompatible version
+    await register(settings, older())
+    schema_registry.state.config[SUBJECT] = "BACKWARD"
+    newer = schema_registry.state.subjects[SUBJECT][-1]
+    assert newer != ids["chatbot"]
+
+    serving = settings.model_copy(update={"schema_registration": "lookup", "spool_dir": tmp_path})
+    publisher = MemoryPublisher()
+    with TestClient(create_app(serving, publisher)) as app:  # starts: its own schema is found
+        assert app.post(WEBHOOK_PATH, content=sample_bytes("chatbot")).status_code == 200
+    [message] = publisher.topics["airudder.chatbot"]
+    assert confluent_id(message.value) == ids["chatbot"]  # the version bridge was released with
+
+    failures = registry_failures((await check_schemas(settings, "BACKWARD")).failures)
+    assert f"chatbot: against the registry's {SUBJECT} version 2: {BROKEN}" in failures
