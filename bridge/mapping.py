@@ -11,7 +11,9 @@ Rules (documented for consumers in avro/README.md):
 - Rebuilding takes the non-null typed fields and overlays `unmapped`.
 - A map or array whose entries do not all fit is stored whole in `unmapped`.
 - A union of records (chat message content) picks its branch by the object's `type`: each
-  record lists the types it takes in `x-types`; the one with `"*"` takes the rest.
+  record lists the types it takes in `x-types`; the one with `"*"` takes the rest. Rebuilding
+  takes a union value as fastavro gives it with `return_record_name` (`(name, record)`) or
+  without (the record alone, its branch told by its fields and `type`).
 """
 
 from __future__ import annotations
@@ -138,12 +140,14 @@ class _Compiler:
     def _tagged_union(self, branches: list[Any], namespace: str) -> tuple[Convert, Convert]:
         by_type: dict[str, tuple[str, Convert]] = {}
         back_by_name: dict[str, Convert] = {}
+        by_fields: dict[frozenset[str], list[str]] = {}
         fallback: tuple[str, Convert] | None = None
         for branch in branches:
             if not (isinstance(branch, dict) and branch.get("type") == "record"):
                 raise TypeError("only unions of records (with x-types) are supported")
             name = branch["name"] if "." in branch["name"] else f"{namespace}.{branch['name']}"
             branch_to, back_by_name[name] = self.compile(branch, namespace)
+            by_fields.setdefault(frozenset(f["name"] for f in branch["fields"]), []).append(name)
             for tag in branch["x-types"]:
                 if tag == "*":
                     fallback = (name, branch_to)
@@ -153,19 +157,16 @@ class _Compiler:
             raise TypeError("a union of records needs one branch with x-types ['*']")
         default = fallback
 
+        def pick(tag: Any) -> tuple[str, Convert]:
+            return by_type.get(tag, default) if isinstance(tag, str) else default
+
         def to(obj: Any) -> tuple[str, dict[str, Any]]:
             if type(obj) is not dict:
                 raise _Mismatch
-            tag = obj.get("type")
-            name, convert = by_type.get(tag, default) if isinstance(tag, str) else default
+            name, convert = pick(obj.get("type"))
             return name, convert(obj)
 
-        def back(value: Any) -> Any:
-            # fastavro reads a union of records as (name, record) with return_record_name.
-            name, record = value
-            return back_by_name[name](record)
-
-        return to, back
+        return to, _union_back(back_by_name, by_fields, lambda tag: pick(tag)[0])
 
     def _map(self, node: dict[str, Any], _namespace: str) -> tuple[Convert, Convert]:
         if node["values"] != "string":
@@ -229,6 +230,29 @@ def _record_converters(  # noqa: C901 - one flat loop: this is the hot path
         return obj
 
     return to, back
+
+
+def _union_back(
+    back_by_name: dict[str, Convert],
+    by_fields: dict[frozenset[str], list[str]],
+    tagged: Callable[[Any], str],
+) -> Convert:
+    def back(value: Any) -> Any:
+        # fastavro reads a union of records as (name, record) with return_record_name; without
+        # it (Confluent's AvroDeserializer by default), as the record alone, with every field of
+        # its branch: the branch with exactly those fields, and among branches alike (text and
+        # button content) the one its `type` names, as `to` chose it.
+        if type(value) is tuple:
+            name, record = value
+        else:
+            record = value
+            alike = by_fields.get(frozenset(record), [])
+            name = tagged(record.get("type"))
+            if alike and (len(alike) == 1 or name not in alike):
+                name = alike[0]
+        return back_by_name[name](record)
+
+    return back
 
 
 def _branch_name(schema: Any, namespace: str) -> str | None:

@@ -17,7 +17,7 @@ import orjson
 
 from bridge.errors import BridgeError, ConfigError
 from bridge.routing import topic_for
-from bridge.schemas import Schema, from_definition, text
+from bridge.schemas import NAMESPACE, Schema, build, from_definition, text
 from bridge.settings import Settings
 
 CONTENT_TYPE: Final = "application/vnd.schemaregistry.v1+json"
@@ -138,6 +138,25 @@ class SchemaRegistry:
             raise
         return bool(answer["is_compatible"]), [str(m) for m in answer.get("messages", [])]
 
+    async def versions(self, subject: str) -> list[int]:
+        """The version numbers registered under `subject`, oldest first (none: [])."""
+        try:
+            answer = await self._call("GET", f"/subjects/{quote(subject, safe='')}/versions")
+        except RegistryError as exc:
+            if exc.error_code == SUBJECT_NOT_FOUND:
+                return []
+            raise
+        return sorted(int(v) for v in answer)
+
+    async def version(self, subject: str, version: int) -> Schema:
+        """The schema registered as `version` of `subject`."""
+        path = f"/subjects/{quote(subject, safe='')}/versions/{version}"
+        answer = await self._call("GET", path)
+        kind = answer.get("schemaType", "AVRO")
+        if kind != "AVRO":
+            raise RegistryError(f"schema registry: GET {path}: a {kind} schema, not Avro")
+        return registered_schema(answer["schema"])
+
     async def compatibility_level(self, subject: str) -> str:
         answer = await self._call("GET", f"/config/{quote(subject, safe='')}?defaultToGlobal=true")
         return str(answer.get("compatibilityLevel") or answer.get("compatibility"))
@@ -149,6 +168,15 @@ class SchemaRegistry:
         except RegistryError as exc:
             return str(exc)
         return None
+
+
+def registered_schema(schema_text: str) -> Schema:
+    """A schema as a registry returns it. Avro's own libraries write names short, beside a
+    `namespace`, where bridge's offline check expects full names: they are qualified here."""
+    definition = orjson.loads(schema_text)
+    name = str(definition["name"])
+    fullname = name if "." in name else f"{definition.get('namespace', NAMESPACE)}.{name}"
+    return build(fullname, {fullname: definition})
 
 
 async def resolve_ids(

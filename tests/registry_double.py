@@ -1,9 +1,11 @@
 """A test double of a Confluent Schema Registry: the REST API over real HTTP, in memory.
 
 Speaks what bridge and Confluent's own clients use: register, look up by subject, get by id,
-compatibility against the latest version, config; errors as {"error_code", "message"} with
-the documented codes (40401, 40403, 409, 42201). Compatibility is decided with fastavro's
-parser for validity and bridge.compat for the rules.
+list a subject's versions and get one, compatibility against the latest version, config;
+errors as {"error_code", "message"} with the documented codes (40401, 40402, 40403, 409,
+42201). Compatibility is decided with fastavro's parser for validity and bridge.compat for the
+rules. With `ignores_verbose`, a compatibility check is answered as Karapace 3.16 answers it:
+`{"is_compatible": false}`, no reasons, whatever `?verbose=true` asks.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ class Registry:
     subjects: dict[str, list[int]] = field(default_factory=dict)  # subject -> ids by version
     config: dict[str, str] = field(default_factory=lambda: {"": "BACKWARD"})
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, ctype
+    ignores_verbose: bool = False  # as Karapace: no "messages" in a compatibility answer
 
     def app(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/subjects", self.list_subjects, methods=["GET"]),
                 Route("/subjects/{subject}/versions", self.register, methods=["POST"]),
+                Route("/subjects/{subject}/versions", self.list_versions, methods=["GET"]),
+                Route("/subjects/{subject}/versions/{version}", self.get_version, methods=["GET"]),
                 Route("/subjects/{subject}", self.lookup, methods=["POST"]),
                 Route("/schemas/ids/{id:int}", self.by_id, methods=["GET"]),
                 Route(
@@ -159,6 +164,36 @@ class Registry:
             return _error(404, 40403, "Schema not found")
         return _json({"schema": text})
 
+    async def list_versions(self, request: Request) -> Response:
+        if refused := self._refuse(request):
+            return refused
+        versions = self.subjects.get(request.path_params["subject"])
+        if versions is None:
+            return _error(404, 40401, f"Subject '{request.path_params['subject']}' not found.")
+        return _json(list(range(1, len(versions) + 1)))
+
+    async def get_version(self, request: Request) -> Response:
+        if refused := self._refuse(request):
+            return refused
+        subject, asked = request.path_params["subject"], request.path_params["version"]
+        versions = self.subjects.get(subject)
+        if versions is None:
+            return _error(404, 40401, f"Subject '{subject}' not found.")
+        number = (
+            len(versions) if asked in {"latest", "-1"} else int(asked) if asked.isdigit() else 0
+        )
+        if not 1 <= number <= len(versions):
+            return _error(404, 40402, f"Version {asked} not found.")
+        schema_id = versions[number - 1]
+        return _json(
+            {
+                "subject": subject,
+                "version": number,
+                "id": schema_id,
+                "schema": self.schemas[schema_id],
+            }
+        )
+
     async def compatibility(self, request: Request) -> Response:
         found = await self._subject_and_schema(request)
         if isinstance(found, Response):
@@ -166,7 +201,7 @@ class Registry:
         subject, text = found
         reasons = self._incompatible(subject, text)
         answer: dict[str, Any] = {"is_compatible": not reasons}
-        if request.query_params.get("verbose") == "true":
+        if request.query_params.get("verbose") == "true" and not self.ignores_verbose:
             answer["messages"] = reasons
         return _json(answer)
 

@@ -8,6 +8,14 @@ bridge writes through a schema registry, the Confluent wire format (00 + schema 
 Writer schemas are found by fingerprint among avro/history/ (every published version), or by id
 in the registry. The vendor's JSON is rebuilt with the rule of avro/README.md: the typed fields
 that are not null, overlaid with `unmapped` (JSON texts).
+
+`rebuild` also takes what `confluent_kafka`'s `AvroDeserializer` returns, with or without
+`return_record_name=True`: a union of records (a chat message's `content`) is then the record
+alone (the default, as fastavro reads it here) or a `(record name, record)` pair:
+
+    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry}))
+    context = SerializationContext(message.topic(), MessageField.VALUE)
+    notification = rebuild(deserialize(message.value(), context))
 """
 
 from __future__ import annotations
@@ -65,6 +73,8 @@ class Reader:
 
 def rebuild(value: Any) -> Any:
     """A record back to the vendor's JSON: typed fields not null, then `unmapped` on top."""
+    if isinstance(value, tuple):  # (record name, record): a union read with return_record_name
+        return rebuild(value[1])
     if isinstance(value, dict) and "unmapped" in value:
         out = {k: rebuild(v) for k, v in value.items() if k != "unmapped" and v is not None}
         out.update({k: json.loads(text) for k, text in value["unmapped"].items()})

@@ -1,0 +1,157 @@
+"""`bridge schemas check` against a registry: the registry's verdict, and bridge's own check
+of the versions it compares with, naming the field even when the registry gives no reason; and
+why it is the guard (a newer incompatible version does not stop `bridge serve`)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from bridge.app import WEBHOOK_PATH, create_app
+from bridge.encode import confluent_id
+from bridge.publish import MemoryPublisher
+from bridge.registry import SchemaRegistry, subjects
+from bridge.schema_tools import check_schemas
+from bridge.schemas import Schema, from_definition, load_schemas
+from bridge.settings import Settings, load_settings
+from tests.conftest import RunningRegistry, sample_bytes
+
+SCHEMAS = load_schemas()
+SUBJECT = "airudder.chatbot-value"
+# What bridge's check says of today's chatbot schema against `older(...)` below.
+BROKEN = (
+    "new schema cannot read old data: chatbot.messages[].msg_id: no branch of [null, string] "
+    "reads boolean"
+)
+
+
+def older() -> Schema:
+    """An earlier chatbot schema today's cannot read: message ids were booleans."""
+    definition = copy.deepcopy(SCHEMAS["chatbot"].definition)
+    message = find(definition, "airudder.ChatMessage")
+    [msg_id] = [f for f in message["fields"] if f["name"] == "msg_id"]
+    msg_id["type"] = ["null", "boolean"]
+    return from_definition(definition)
+
+
+def find(node: Any, name: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        if node.get("name") == name and node.get("type") == "record":
+            return node
+        children: list[Any] = list(node.values())
+    elif isinstance(node, list):
+        children = node
+    else:
+        children = []
+    for child in children:
+        try:
+            return find(child, name)
+        except LookupError:
+            pass
+    raise LookupError(name)
+
+
+@pytest.fixture
+def settings(schema_registry: RunningRegistry) -> Settings:
+    return load_settings(schema_registry_url=schema_registry.url)
+
+
+async def register(settings: Settings, *schemas: Schema) -> None:
+    registry = SchemaRegistry(settings)
+    try:
+        for schema in schemas:
+            await registry.register(SUBJECT, schema)
+    finally:
+        await registry.close()
+
+
+def registry_failures(failures: list[str]) -> list[str]:
+    return [f for f in failures if "registry" in f]
+
+
+@pytest.mark.parametrize("ignores_verbose", [False, True], ids=["verbose", "karapace-like"])
+async def test_the_incompatible_field_is_named_whatever_the_registry_answers(
+    schema_registry: RunningRegistry, settings: Settings, *, ignores_verbose: bool
+) -> None:
+    schema_registry.state.ignores_verbose = ignores_verbose
+    await register(settings, older())
+    report = await check_schemas(settings, "BACKWARD")
+    verdict, *ours = registry_failures(report.failures)
+    assert verdict.startswith(f"chatbot: the registry's {SUBJECT} answers incompatible: ")
+    if ignores_verbose:
+        assert verdict.endswith(": no reason given")
+    else:  # the double's reasons are bridge's own, so they name the field too
+        assert "chatbot.messages[].msg_id" in verdict
+    assert ours == [f"chatbot: against the registry's {SUBJECT} version 1: {BROKEN}"]
+    assert (
+        f"chatbot: registry subject {SUBJECT} version 1 (BACKWARD): the registry answers "
+        "incompatible"
+    ) in report.checked
+    # The other types' subjects hold nothing: nothing to compare, nothing failed.
+    assert "call: registry subject airudder.call-value: nothing registered yet" in report.checked
+
+
+async def test_a_compatible_latest_version_passes(
+    schema_registry: RunningRegistry, settings: Settings
+) -> None:
+    schema_registry.state.ignores_verbose = True
+    await register(settings, SCHEMAS["chatbot"])
+    report = await check_schemas(settings, "BACKWARD")
+    assert report.failures == []
+    assert (
+        f"chatbot: registry subject {SUBJECT} version 1 (BACKWARD): the registry answers compatible"
+    ) in report.checked
+
+
+async def test_a_transitive_level_compares_every_registered_version(
+    schema_registry: RunningRegistry, settings: Settings
+) -> None:
+    schema_registry.state.ignores_verbose = True
+    schema_registry.state.config[SUBJECT] = "NONE"  # to register both versions
+    await register(settings, older(), SCHEMAS["chatbot"])  # version 2 is today's schema
+    registry = schema_registry.state
+    registry.config[SUBJECT] = "BACKWARD"  # only the latest: compatible
+    assert registry_failures((await check_schemas(settings, "BACKWARD")).failures) == []
+
+    registry.config[SUBJECT] = "BACKWARD_TRANSITIVE"
+    report = await check_schemas(settings, "BACKWARD")
+    assert registry_failures(report.failures) == [
+        f"chatbot: the registry's {SUBJECT} answers incompatible: no reason given",
+        f"chatbot: against the registry's {SUBJECT} version 1: {BROKEN}",
+    ]
+    assert (
+        f"chatbot: registry subject {SUBJECT} version 1, 2 (BACKWARD_TRANSITIVE): the registry "
+        "answers incompatible"
+    ) in report.checked
+
+
+async def test_a_newer_incompatible_latest_leaves_serve_writing_its_own_version_and_fails_check(
+    schema_registry: RunningRegistry, settings: Settings, tmp_path: Path
+) -> None:
+    registry = SchemaRegistry(settings)
+    try:
+        ids = {
+            kind: await registry.register(subject, SCHEMAS[kind])
+            for kind, subject in subjects(settings, SCHEMAS).items()
+        }
+    finally:
+        await registry.close()
+    schema_registry.state.config[SUBJECT] = "NONE"  # someone registers an incompatible version
+    await register(settings, older())
+    schema_registry.state.config[SUBJECT] = "BACKWARD"
+    newer = schema_registry.state.subjects[SUBJECT][-1]
+    assert newer != ids["chatbot"]
+
+    serving = settings.model_copy(update={"schema_registration": "lookup", "spool_dir": tmp_path})
+    publisher = MemoryPublisher()
+    with TestClient(create_app(serving, publisher)) as app:  # starts: its own schema is found
+        assert app.post(WEBHOOK_PATH, content=sample_bytes("chatbot")).status_code == 200
+    [message] = publisher.topics["airudder.chatbot"]
+    assert confluent_id(message.value) == ids["chatbot"]  # the version bridge was released with
+
+    failures = registry_failures((await check_schemas(settings, "BACKWARD")).failures)
+    assert f"chatbot: against the registry's {SUBJECT} version 2: {BROKEN}" in failures
