@@ -2,7 +2,9 @@ package example;
 
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.IOException;
 import java.io.PrintStream;
+import java.io.UncheckedIOException;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -31,18 +33,22 @@ import org.apache.kafka.common.serialization.StringDeserializer;
  * </pre>
  *
  * <p>Exit 0 when every record read was decoded; 1 when one was not (each said on stderr);
- * 2 on a bad option.
+ * 2 on a bad option or unreadable schemas.
  */
 public final class CaseHistory {
   private CaseHistory() {}
 
   public static void main(String[] args) throws Exception {
+    if (List.of(args).contains("--help") || List.of(args).contains("-h")) {
+      System.out.println(Options.USAGE);
+      return;
+    }
     Options options;
     Schemas schemas;
     try {
       options = Options.parse(args, System.getenv());
       schemas = Schemas.load(options.schemaDir());
-    } catch (IllegalArgumentException e) {
+    } catch (IllegalArgumentException | UncheckedIOException e) {
       System.err.println("case-history: " + e.getMessage());
       System.exit(2);
       return;
@@ -115,7 +121,7 @@ public final class CaseHistory {
           try {
             out.println(Notifications.rebuild(decoder.decode(record.value())).toString());
             printed++;
-          } catch (java.io.IOException | RuntimeException e) {
+          } catch (IOException | RuntimeException e) {
             failed++;
             System.err.printf("case-history: %s/%d@%d: %s%n",
                 record.topic(), record.partition(), record.offset(), e);

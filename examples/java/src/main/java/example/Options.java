@@ -4,6 +4,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 
@@ -34,13 +35,10 @@ record Options(
       Prints one rebuilt notification per line, as JSON, in each partition's order.""";
 
   static Options parse(String[] args, Map<String, String> env) {
-    Map<String, String> given = new java.util.HashMap<>();
+    Map<String, String> given = new HashMap<>();
     boolean listSchemas = false;
     for (int i = 0; i < args.length; i++) {
       String name = args[i];
-      if (name.equals("-h") || name.equals("--help")) {
-        throw new IllegalArgumentException(USAGE);
-      }
       if (name.equals("--list-schemas")) {
         listSchemas = true;
         continue;
