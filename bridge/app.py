@@ -19,7 +19,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from bridge.auth import Guard, bearer_token, require_credentials
-from bridge.errors import BridgeError
+from bridge.errors import BodyTimeout, BodyTooLarge, BridgeError
 from bridge.logs import request_id
 from bridge.pipeline import Pipeline
 from bridge.publish import KafkaPublisher, Publisher
@@ -42,16 +42,6 @@ class State(TypedDict):
     pipeline: Pipeline
     settings: Settings
     guard: Guard
-
-
-class _BodyTooLarge(BridgeError):
-    status = 413
-    code = "body_too_large"
-
-
-class _BodyTimeout(BridgeError):
-    status = 408
-    code = "body_timeout"
 
 
 # Exactly what Starlette answers for a path it does not know: a refused request learns nothing.
@@ -171,7 +161,7 @@ class _Webhook:
                     )
             except TimeoutError:
                 message = f"body not received within {settings.body_timeout:g}s"
-                raise _BodyTimeout(message) from None
+                raise BodyTimeout(message) from None
             except ClientDisconnect:  # nothing was stored and no one is left to answer
                 pipeline.metrics.rejected.labels("client_disconnected").inc()
                 logger.info("the client went away before its body ended")
@@ -264,7 +254,7 @@ def _refuse(
 async def read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
     """The body, refusing (413) as soon as it is known to exceed `limit` bytes."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _BodyTooLarge(f"body larger than {limit} bytes")
+        raise BodyTooLarge(f"body larger than {limit} bytes")
     chunks = []
     size = 0
     while True:
@@ -274,7 +264,7 @@ async def read_body(receive: Receive, declared: bytes | None, limit: int) -> byt
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _BodyTooLarge(f"body larger than {limit} bytes")
+            raise BodyTooLarge(f"body larger than {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -13,7 +13,7 @@ from typing import Any, Final, cast
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from bridge.errors import InvalidNotification
+from bridge.errors import UndecodableRecord
 from bridge.schemas import Schema
 
 MAGIC: Final = b"\xc3\x01"
@@ -69,19 +69,19 @@ class Codec:
         return self._prefix[kind] + body
 
     def decode(self, value: bytes) -> tuple[Schema, dict[str, Any]]:
-        """The writer schema and the record. Raises InvalidNotification for foreign bytes."""
+        """The writer schema and the record. Raises UndecodableRecord for foreign bytes."""
         if value[:2] == MAGIC and len(value) >= HEADER_SIZE:
             schema = self._by_fingerprint.get(value[2:HEADER_SIZE])
             if schema is None:
-                raise InvalidNotification("unknown-schema", value[2:HEADER_SIZE].hex())
+                raise UndecodableRecord("unknown-schema", value[2:HEADER_SIZE].hex())
             body = value[HEADER_SIZE:]
         elif (schema_id := confluent_id(value)) is not None:
             schema = self._by_id.get(schema_id)
             if schema is None:
-                raise InvalidNotification("unknown-schema-id", str(schema_id))
+                raise UndecodableRecord("unknown-schema-id", str(schema_id))
             body = value[CONFLUENT_HEADER_SIZE:]
         else:
-            raise InvalidNotification("not-avro", "neither single-object nor Confluent framing")
+            raise UndecodableRecord("not-avro", "neither single-object nor Confluent framing")
         record = schemaless_reader(
             io.BytesIO(body),
             schema.parsed,

@@ -13,10 +13,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from bridge.encode import Codec, confluent_id
-from bridge.errors import InvalidNotification
+from bridge.errors import RegistryError, UndecodableRecord
 from bridge.mapping import Mapper
 from bridge.publish import kafka_options
-from bridge.registry import RegistryError, SchemaRegistry
+from bridge.registry import SchemaRegistry
 from bridge.routing import DLQ, topic_for
 from bridge.schemas import Schema, load_history, load_schemas
 from bridge.settings import Settings
@@ -83,7 +83,7 @@ class Decoder:
             return doc
         try:
             schema, record = self._codec.decode(value)
-        except InvalidNotification as exc:
+        except UndecodableRecord as exc:
             doc["notification"] = None
             doc["error"] = str(exc)
             return doc
