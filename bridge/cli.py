@@ -30,7 +30,8 @@ from bridge import __version__, replay, schema_tools
 from bridge.app import WEBHOOK_PATH
 from bridge.auth import require_credentials
 from bridge.broker import EmbeddedBroker, create_topics, free_port
-from bridge.compat import LEVELS
+from bridge.codec.compat import LEVELS
+from bridge.codec.schemas import load_schemas
 from bridge.errors import BridgeError, ConfigError
 from bridge.logs import configure_logging, dict_config
 from bridge.metrics import MULTIPROCESS_DIR
@@ -38,7 +39,6 @@ from bridge.parse import TYPES
 from bridge.publish import KafkaPublisher
 from bridge.registry import SchemaRegistry, resolve_ids
 from bridge.routing import DLQ, all_topics
-from bridge.schemas import load_schemas
 from bridge.settings import Settings, load_settings
 from bridge.tail import TailOptions, tail
 

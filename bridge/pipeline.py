@@ -22,8 +22,11 @@ from dataclasses import dataclass
 
 import orjson
 
+from bridge.codec.encode import Codec
+from bridge.codec.mapping import Mapper
+from bridge.codec.schemas import Schema, load_schemas
+from bridge.codec.writer import Unsupported, Writer
 from bridge.dedup import Deduplicator
-from bridge.encode import Codec
 from bridge.errors import (
     InvalidNotification,
     Overloaded,
@@ -33,7 +36,6 @@ from bridge.errors import (
     PublishTimeout,
     SpoolError,
 )
-from bridge.mapping import Mapper
 from bridge.metrics import Metrics
 from bridge.parse import case_id_of, parse_notification
 from bridge.publish import Delivery, Publisher
@@ -46,10 +48,8 @@ from bridge.routing import (
     headers_for,
     topic_for,
 )
-from bridge.schemas import Schema, load_schemas
 from bridge.settings import Settings
 from bridge.spool import Spool, SpoolEntry
-from bridge.writer import Unsupported, Writer
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from bridge.codec.schemas import Schema, from_definition, text
 from bridge.errors import ConfigError, RegistryError
 from bridge.routing import topic_for
-from bridge.schemas import Schema, from_definition, text
 from bridge.settings import Settings
 
 CONTENT_TYPE: Final = "application/vnd.schemaregistry.v1+json"

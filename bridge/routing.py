@@ -7,8 +7,8 @@ import hashlib
 import math
 import time
 
+from bridge.codec.schemas import Schema
 from bridge.parse import TYPES, Notification
-from bridge.schemas import Schema
 
 DLQ: str = "dlq"
 

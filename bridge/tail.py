@@ -12,13 +12,13 @@ from typing import IO, Any
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from bridge.encode import Codec, confluent_id
+from bridge.codec.encode import Codec, confluent_id
+from bridge.codec.mapping import Mapper
+from bridge.codec.schemas import Schema, load_history, load_schemas
 from bridge.errors import RegistryError, UndecodableRecord
-from bridge.mapping import Mapper
 from bridge.publish import kafka_options
 from bridge.registry import SchemaRegistry
 from bridge.routing import DLQ, topic_for
-from bridge.schemas import Schema, load_history, load_schemas
 from bridge.settings import Settings
 
 

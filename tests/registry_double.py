@@ -3,7 +3,7 @@
 Speaks what bridge and Confluent's own clients use: register, look up by subject, get by id,
 compatibility against the latest version, config; errors as {"error_code", "message"} with
 the documented codes (40401, 40403, 409, 42201). Compatibility is decided with fastavro's
-parser for validity and bridge.compat for the rules.
+parser for validity and bridge.codec.compat for the rules.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge.compat import problems
+from bridge.codec.compat import problems
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 

@@ -12,11 +12,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from bridge.app import WEBHOOK_PATH, create_app
-from bridge.encode import Codec
-from bridge.mapping import Mapper
+from bridge.codec.encode import Codec
+from bridge.codec.mapping import Mapper
+from bridge.codec.schemas import load_schemas
 from bridge.publish import Delivery, MemoryPublisher
 from bridge.routing import Headers
-from bridge.schemas import load_schemas
 from bridge.settings import load_settings
 from tests.conftest import sample, sample_bytes
 

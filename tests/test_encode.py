@@ -6,10 +6,10 @@ import struct
 import fastavro
 import pytest
 
-from bridge.encode import MAGIC, Codec
+from bridge.codec.encode import MAGIC, Codec
+from bridge.codec.mapping import Mapper
+from bridge.codec.schemas import load_schemas
 from bridge.errors import UndecodableRecord
-from bridge.mapping import Mapper
-from bridge.schemas import load_schemas
 from tests.conftest import sample
 
 SCHEMAS = load_schemas()

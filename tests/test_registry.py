@@ -14,11 +14,11 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from starlette.testclient import TestClient
 
 from bridge.app import WEBHOOK_PATH, create_app
-from bridge.encode import confluent_id
+from bridge.codec.encode import confluent_id
+from bridge.codec.schemas import load_schemas
 from bridge.errors import ConfigError
 from bridge.publish import MemoryPublisher
 from bridge.registry import CONTENT_TYPE, SchemaRegistry, subject_for, subjects
-from bridge.schemas import load_schemas
 from bridge.settings import Settings, load_settings
 from bridge.tail import Decoder
 from tests.conftest import RunningRegistry, consume, sample, sample_bytes

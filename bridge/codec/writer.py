@@ -1,7 +1,7 @@
 """Map and encode in one pass: the vendor's JSON straight to Avro binary.
 
-The same rules as `bridge.mapping` (a test checks that both give the same record for any
-input), without building the intermediate record: each field is written as it is mapped.
+The same rules as `bridge.codec.mapping` (a test checks that both give the same record for
+any input), without building the intermediate record: each field is written as it is mapped.
 Compiled once per schema: each record becomes a generated straight-line function (see
 `_generate`; its source is built from the schema alone, field names as literals).
 fastavro remains the reader, and the writer of anything else.
@@ -15,8 +15,8 @@ from typing import Any, Final
 
 import orjson
 
-from bridge.mapping import UNMAPPED
-from bridge.schemas import Schema
+from bridge.codec.mapping import UNMAPPED
+from bridge.codec.schemas import Schema
 
 Write = Callable[[Any, bytearray], None]
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import orjson
 
-from bridge.schemas import Schema
+from bridge.codec.schemas import Schema
 
 UNMAPPED: Final = "unmapped"
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1

@@ -41,8 +41,9 @@ class Schema:
 
 
 def default_schema_dir() -> Path:
-    packaged = Path(__file__).parent / "avro"  # inside an installed wheel
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "avro"
+    package = Path(__file__).resolve().parent.parent
+    packaged = package / "avro"  # inside an installed wheel (pyproject's force-include)
+    return packaged if packaged.is_dir() else package.parent / "avro"
 
 
 def read_definitions(directory: Path) -> dict[str, dict[str, Any]]:

@@ -13,8 +13,8 @@ from typing import Any, Final, cast
 
 from fastavro import schemaless_reader, schemaless_writer
 
+from bridge.codec.schemas import Schema
 from bridge.errors import UndecodableRecord
-from bridge.schemas import Schema
 
 MAGIC: Final = b"\xc3\x01"
 HEADER_SIZE: Final = len(MAGIC) + 8
