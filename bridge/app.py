@@ -178,7 +178,7 @@ class _Webhook:
                 "type": prepared.type,
                 "case_id": prepared.case_id,
                 "event_id": prepared.event_id,
-                "topic": prepared.topic,
+                "topic": prepared.record.topic,
                 "partition": delivery.partition if delivery else None,
                 "offset": delivery.offset if delivery else None,
                 "reason": prepared.reason or None,

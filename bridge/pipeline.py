@@ -39,10 +39,10 @@ from bridge.errors import (
 from bridge.metrics import Metrics
 from bridge.parse import case_id_of, parse_notification
 from bridge.publish import Delivery, Publisher
+from bridge.record import Record
 from bridge.registry import SchemaRegistry, resolve_ids
 from bridge.routing import (
     DLQ,
-    Headers,
     dead_letter_headers,
     dead_letter_id,
     headers_for,
@@ -59,15 +59,12 @@ RECORD_OVERHEAD = 1024  # record batch and record headers, generously
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A notification ready for Kafka."""
+    """A notification ready for Kafka: its record, and what the log line and metrics say."""
 
     type: str  # call, waba_template, chatbot, or dlq
     case_id: str | None
     event_id: str
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: Headers
+    record: Record
     reason: str = ""
 
 
@@ -140,48 +137,41 @@ class Pipeline:
             if writer is not None:
                 value = self.codec.frame(notification.type, writer.write(notification.data))
             else:
-                record = self.mappers[notification.type].to_record(notification.data)
-                value = self.codec.encode(notification.type, record)
+                avro = self.mappers[notification.type].to_record(notification.data)
+                value = self.codec.encode(notification.type, avro)
         except InvalidNotification as exc:
             return self._dead_letter(body, exc, content_type, received_at)
         except (ValueError, TypeError, OverflowError) as exc:  # fastavro refused the record
             invalid = InvalidNotification("encode-failed", f"{type(exc).__name__}: {exc}")
             return self._dead_letter(body, invalid, content_type, received_at)
-        prepared = Prepared(
-            type=notification.type,
-            case_id=notification.case_id,
-            event_id=notification.event_id,
-            topic=topic_for(self.settings.topic_prefix, notification.type),
-            key=notification.case_id.encode(),
-            value=value,
-            headers=headers_for(notification, self.schemas[notification.type], received_at),
+        record = Record(
+            topic_for(self.settings.topic_prefix, notification.type),
+            notification.case_id.encode(),
+            value,
+            headers_for(notification, self.schemas[notification.type], received_at),
         )
-        if self._fits(prepared):
+        prepared = Prepared(notification.type, notification.case_id, notification.event_id, record)
+        if self._fits(record):
             return prepared
         too_large = InvalidNotification("too-large", f"record of {len(value)} bytes")
         return self._dead_letter(body, too_large, content_type, received_at)
 
-    def _fits(self, prepared: Prepared) -> bool:
-        size = len(prepared.value) + len(prepared.key or b"")
-        size += sum(len(k) + len(v) for k, v in prepared.headers)
-        return size + RECORD_OVERHEAD <= self.settings.kafka_max_request_size
+    def _fits(self, record: Record) -> bool:
+        return record.size + RECORD_OVERHEAD <= self.settings.kafka_max_request_size
 
     def _dead_letter(
         self, body: bytes, exc: InvalidNotification, content_type: str, received_at: float
     ) -> Prepared:
         headers = dead_letter_headers(exc.reason, exc.detail, content_type, body, received_at)
         case_id = _best_effort_case_id(body)
-        prepared = Prepared(
-            type=DLQ,
-            case_id=case_id,
-            event_id=dead_letter_id(body),
-            topic=topic_for(self.settings.topic_prefix, DLQ),
-            key=case_id.encode() if case_id else None,
-            value=body,
-            headers=headers,
-            reason=exc.reason,
+        record = Record(
+            topic_for(self.settings.topic_prefix, DLQ),
+            case_id.encode() if case_id else None,
+            body,
+            headers,
         )
-        if not self._fits(prepared):
+        prepared = Prepared(DLQ, case_id, dead_letter_id(body), record, exc.reason)
+        if not self._fits(record):
             raise PayloadTooLarge(
                 f"a body of {len(body)} bytes does not fit in a Kafka record "
                 f"(BRIDGE_KAFKA_MAX_REQUEST_SIZE={self.settings.kafka_max_request_size})"
@@ -201,14 +191,12 @@ class Pipeline:
         return outcome
 
     async def _store(self, prepared: Prepared) -> Outcome:
-        spool = self.spool
-        if spool is not None and (not self.kafka_up or prepared.key in spool.keys):
-            await self._spool(spool, prepared)  # behind what waits, never overtaking it
+        spool, record = self.spool, prepared.record
+        if spool is not None and (not self.kafka_up or record.key in spool.keys):
+            await spool.append(record)  # behind what waits, never overtaking it
             return Outcome("spooled", prepared)
         try:
-            delivery = await self._publish(
-                prepared.topic, prepared.key, prepared.value, prepared.headers
-            )
+            delivery = await self._publish(record)
         except PublishRejected:
             self.metrics.kafka_errors.labels("publish").inc()
             raise  # for good: spooling it would only block the spool
@@ -218,21 +206,15 @@ class Pipeline:
             if spool is None:
                 raise
             logger.warning("Kafka did not acknowledge (%s): spooling", exc)
-            await self._spool(spool, prepared)
+            await spool.append(record)
             return Outcome("spooled", prepared)
         self.kafka_up = True
         return Outcome("stored", prepared, delivery)
 
-    @staticmethod
-    async def _spool(spool: Spool, prepared: Prepared) -> None:
-        await spool.append(prepared.topic, prepared.key, prepared.value, prepared.headers)
-
-    async def _publish(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
-    ) -> Delivery:
+    async def _publish(self, record: Record) -> Delivery:
         try:
             async with asyncio.timeout(self.settings.ack_timeout):
-                return await self.publisher.publish(topic, key, value, headers)
+                return await self.publisher.publish(record)
         except TimeoutError:
             raise PublishTimeout(
                 f"no acknowledgement from Kafka within {self.settings.ack_timeout:g}s"
@@ -273,7 +255,7 @@ class Pipeline:
         sent = 0
         for wave in _waves(entries):
             results = await asyncio.gather(
-                *(self._publish(e.topic, e.key, e.value, e.headers) for e in wave),
+                *(self._publish(entry.record) for entry in wave),
                 return_exceptions=True,
             )
             done = [e for e, r in zip(wave, results, strict=True) if isinstance(r, Delivery)]
@@ -330,8 +312,9 @@ def _waves(entries: list[SpoolEntry]) -> Iterator[list[SpoolEntry]]:
         rest: list[SpoolEntry] = []
         seen: set[bytes | None] = set()
         for entry in pending:
-            (rest if entry.key in seen else wave).append(entry)
-            seen.add(entry.key)
+            key = entry.record.key
+            (rest if key in seen else wave).append(entry)
+            seen.add(key)
         yield wave
         pending = rest
 

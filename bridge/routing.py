@@ -9,10 +9,9 @@ import time
 
 from bridge.codec.schemas import Schema
 from bridge.parse import TYPES, Notification
+from bridge.record import Headers
 
 DLQ: str = "dlq"
-
-Headers = list[tuple[str, bytes]]
 
 
 def topic_for(prefix: str, kind: str) -> str:

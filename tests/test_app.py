@@ -16,7 +16,7 @@ from bridge.codec.encode import Codec
 from bridge.codec.mapping import Mapper
 from bridge.codec.schemas import load_schemas
 from bridge.publish import Delivery, MemoryPublisher
-from bridge.routing import Headers
+from bridge.record import Record
 from bridge.settings import load_settings
 from tests.conftest import sample, sample_bytes
 
@@ -26,9 +26,7 @@ SCHEMAS = load_schemas()
 class StalledPublisher(MemoryPublisher):
     """A broker that never acknowledges."""
 
-    async def publish(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
-    ) -> Delivery:
+    async def publish(self, record: Record) -> Delivery:
         await asyncio.sleep(3600)
         raise AssertionError("unreachable")
 
