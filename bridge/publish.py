@@ -8,14 +8,14 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 
 from bridge.errors import BrokerUnavailable, PublishError, PublishRejected
+from bridge.kafka import kafka_options
 from bridge.record import Record
 from bridge.settings import Settings
 
@@ -33,26 +33,6 @@ class Delivery:
     topic: str
     partition: int
     offset: int
-
-
-def kafka_options(s: Settings) -> dict[str, Any]:
-    """Connection and security options shared by every Kafka client of bridge."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": s.bootstrap_servers,
-        "client_id": s.kafka_client_id,
-        "security_protocol": s.kafka_security_protocol,
-    }
-    if s.kafka_security_protocol in {"SSL", "SASL_SSL"}:
-        options["ssl_context"] = create_ssl_context(
-            cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None,
-            certfile=str(s.kafka_ssl_certfile) if s.kafka_ssl_certfile else None,
-            keyfile=str(s.kafka_ssl_keyfile) if s.kafka_ssl_keyfile else None,
-        )
-    if s.kafka_sasl_mechanism:
-        options["sasl_mechanism"] = s.kafka_sasl_mechanism
-        options["sasl_plain_username"] = s.kafka_sasl_username
-        options["sasl_plain_password"] = s.kafka_sasl_password.get_secret_value()
-    return options
 
 
 class Publisher(Protocol):
