@@ -40,7 +40,7 @@ from bridge.metrics import Metrics
 from bridge.parse import case_id_of, parse_notification
 from bridge.publish import Delivery, Publisher
 from bridge.record import Record
-from bridge.registry import SchemaRegistry, resolve_ids
+from bridge.registry import SchemaRegistry
 from bridge.routing import (
     DLQ,
     dead_letter_headers,
@@ -78,12 +78,20 @@ class Outcome:
 
 
 class Pipeline:
-    def __init__(
+    """Its collaborators are given (by `bridge.container`, which starts and stops them); the
+    defaults are for a pipeline of its own, as in tests and `bridge replay --kafka`."""
+
+    def __init__(  # noqa: PLR0913 - each collaborator by name
         self,
         settings: Settings,
         publisher: Publisher,
+        *,
         schemas: dict[str, Schema] | None = None,
+        codec: Codec | None = None,
         spool: Spool | None = None,
+        dedup: Deduplicator | None = None,
+        registry: SchemaRegistry | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
@@ -91,28 +99,18 @@ class Pipeline:
         self.mappers = {kind: Mapper(schema) for kind, schema in self.schemas.items()}
         # The one-pass writer where the schema's shape allows it (always, for ours).
         self.writers = {kind: _writer(schema) for kind, schema in self.schemas.items()}
-        self.codec = Codec(self.schemas)
-        self.registry: SchemaRegistry | None = None
-        self.spool: Spool | None = None
-        self.dedup = Deduplicator(settings.dedup_window, settings.dedup_max_entries)
-        self.attach(spool)
-        self.metrics = Metrics()
+        self.codec = codec or Codec(self.schemas)
+        self.registry = registry  # only asked for readiness: the codec has the ids
+        self.spool = spool
+        self.dedup = dedup or Deduplicator(settings.dedup_window, settings.dedup_max_entries, spool)
+        self.metrics = metrics or Metrics()
         self.kafka_up = True  # false from a failed publish until the next acknowledgement
         self.in_flight = 0
 
-    async def use_registry(self, registry: SchemaRegistry) -> None:
-        """Write in the Confluent wire format with the ids the registry gives our schemas."""
-        ids = await resolve_ids(registry, self.settings, self.schemas)
-        self.codec = Codec(self.schemas, ids=ids)
-        self.registry = registry
-
-    def attach(self, spool: Spool | None) -> Spool | None:
-        """Use `spool` (opened by the lifespan) from now on; return the one used before."""
-        previous, self.spool = self.spool, spool
-        self.dedup = Deduplicator(
-            self.settings.dedup_window, self.settings.dedup_max_entries, spool
-        )
-        return previous
+    @property
+    def remembered(self) -> int:
+        """Event ids remembered for duplicates (for the metrics)."""
+        return len(self.dedup)
 
     # -- admission ----------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ One SQLite file (standard library) per process in `BRIDGE_SPOOL_DIR`, WAL journa
 survives a crash of the process or the machine (not the loss of the disk). Entries are kept in
 arrival order (`seq`) with a CRC-32 each; a damaged entry is moved to the `quarantine` table and
 reported, and a damaged file is moved aside and salvaged, never blocking the rest. The file also
-holds the event ids recently stored, so duplicate suppression survives a restart.
+holds the event ids recently stored, so duplicate suppression survives a restart (the spool is
+the `bridge.dedup.EventIdStore`).
 
 All SQLite work runs in one dedicated thread, off the event loop.
 """

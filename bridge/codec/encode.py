@@ -39,14 +39,17 @@ class Codec:
         ids: dict[str, int] | None = None,
     ) -> None:
         self._current = current
-        if ids is None:
-            self._prefix = {kind: MAGIC + s.fingerprint for kind, s in current.items()}
-        else:
-            self._prefix = {
-                kind: CONFLUENT_MAGIC + ids[kind].to_bytes(4, "big") for kind in current
-            }
+        self._prefix = {kind: MAGIC + s.fingerprint for kind, s in current.items()}
         self._by_fingerprint = {s.fingerprint: s for s in (*known, *current.values())}
-        self._by_id = {ids[kind]: current[kind] for kind in current} if ids else {}
+        self._by_id: dict[int, Schema] = {}
+        if ids is not None:
+            self.use_ids(ids)
+
+    def use_ids(self, ids: dict[str, int]) -> None:
+        """Write in the Confluent wire format, with the registry's id of each type's schema."""
+        current = self._current
+        self._prefix = {kind: CONFLUENT_MAGIC + ids[kind].to_bytes(4, "big") for kind in current}
+        self._by_id.update({ids[kind]: current[kind] for kind in current})
 
     def learn(self, schema_id: int, schema: Schema) -> None:
         """A writer schema fetched from the registry by id."""
