@@ -99,11 +99,13 @@ class Pipeline:
         self.mappers = {kind: Mapper(schema) for kind, schema in self.schemas.items()}
         # The one-pass writer where the schema's shape allows it (always, for ours).
         self.writers = {kind: _writer(schema) for kind, schema in self.schemas.items()}
-        self.codec = codec or Codec(self.schemas)
+        self.codec = Codec(self.schemas) if codec is None else codec
         self.registry = registry  # only asked for readiness: the codec has the ids
         self.spool = spool
-        self.dedup = dedup or Deduplicator(settings.dedup_window, settings.dedup_max_entries, spool)
-        self.metrics = metrics or Metrics()
+        if dedup is None:  # (not `dedup or ...`: an empty deduplicator is falsy)
+            dedup = Deduplicator(settings.dedup_window, settings.dedup_max_entries, spool)
+        self.dedup = dedup
+        self.metrics = Metrics() if metrics is None else metrics
         self.kafka_up = True  # false from a failed publish until the next acknowledgement
         self.in_flight = 0
 
