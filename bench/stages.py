@@ -46,7 +46,9 @@ def record_bytes(name: str) -> int:
     """The mean length of the bridge's records for a body stream's first bodies."""
     pipeline = _pipeline()
     bodies = stream(name)
-    sizes = [len(pipeline.prepare(next(bodies), "application/json", 0.0).value) for _ in range(3)]
+    sizes = [
+        len(pipeline.prepare(next(bodies), "application/json", 0.0).record.value) for _ in range(3)
+    ]
     return sum(sizes) // len(sizes)
 
 

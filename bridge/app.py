@@ -19,16 +19,14 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from bridge.auth import Guard, bearer_token, require_credentials
-from bridge.errors import BridgeError
+from bridge.container import Container
+from bridge.errors import BodyTimeout, BodyTooLarge, BridgeError
 from bridge.logs import request_id
 from bridge.pipeline import Pipeline
-from bridge.publish import KafkaPublisher, Publisher
-from bridge.registry import SchemaRegistry
+from bridge.publish import Publisher
 from bridge.settings import Settings, load_settings
-from bridge.spool import Spool
 
 logger = logging.getLogger("bridge.notification")
-lifecycle = logging.getLogger("bridge.lifecycle")
 
 WEBHOOK_PATH = "/webhooks/airudder"
 _EMPTY_OBJECT = b"{}"
@@ -44,16 +42,6 @@ class State(TypedDict):
     guard: Guard
 
 
-class _BodyTooLarge(BridgeError):
-    status = 413
-    code = "body_too_large"
-
-
-class _BodyTimeout(BridgeError):
-    status = 408
-    code = "body_timeout"
-
-
 # Exactly what Starlette answers for a path it does not know: a refused request learns nothing.
 def _not_found() -> Response:
     return PlainTextResponse("Not Found", status_code=404)
@@ -64,50 +52,16 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     settings = settings or load_settings()
     require_credentials(settings)
     guard = Guard(settings)
-    publisher = publisher or KafkaPublisher(settings)
-    pipeline = Pipeline(settings, publisher)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[State]:
-        # Opened in order, closed in reverse, each close bounded in time.
-        spool = None
-        if settings.spool_dir is not None:
-            spool = Spool(settings.spool_dir, settings.spool_max_bytes)
-            report = await spool.open()
-            for problem in report.problems:
-                lifecycle.error("%s", problem)
-            if report.salvaged_from is not None:
-                lifecycle.error(
-                    "damaged spool moved to %s: %d entries kept, %d lost",
-                    report.salvaged_from,
-                    report.entries,
-                    report.lost,
-                )
-            lifecycle.info(
-                "spool %s: %d entries waiting, %d in quarantine",
-                spool.path,
-                spool.depth,
-                report.quarantined,
-            )
-            pipeline.attach(spool)
-            remembered = await pipeline.dedup.load()
-            lifecycle.info("%d event ids remembered: their retries are dropped", remembered)
-        registry = SchemaRegistry(settings) if settings.schema_registry_url else None
+        # Everything with a lifetime is built, started and stopped by the container.
+        container = Container(settings, publisher)
+        await container.start()
         try:
-            if registry is not None:
-                await pipeline.use_registry(registry)
-            await publisher.start()
-        except BaseException:
-            if registry is not None:
-                await registry.close()
-            if spool is not None:
-                await spool.close()
-            raise
-        drainer = asyncio.create_task(pipeline.drain_forever(), name="spool-drain")
-        try:
-            yield {"pipeline": pipeline, "settings": settings, "guard": guard}
+            yield {"pipeline": container.pipeline, "settings": settings, "guard": guard}
         finally:
-            await _shutdown(pipeline, drainer)
+            await container.stop()
 
     webhook = _Webhook()
     return Starlette(
@@ -123,25 +77,6 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         exception_handlers={BridgeError: bridge_error},
         lifespan=lifespan,
     )
-
-
-async def _shutdown(pipeline: Pipeline, drainer: asyncio.Task[None]) -> None:
-    # uvicorn has already stopped taking requests and waited for those in flight; whatever
-    # Kafka did not acknowledge is in the spool, so nothing here may wait without bound.
-    budget = pipeline.settings.shutdown_timeout
-    drainer.cancel()
-    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-        async with asyncio.timeout(1.0):
-            await drainer
-    with contextlib.suppress(BridgeError):
-        await pipeline.dedup.flush()
-    await pipeline.publisher.stop(timeout=budget / 2)
-    if pipeline.registry is not None:
-        await pipeline.registry.close()
-    spool = pipeline.attach(None)
-    if spool is not None:
-        lifecycle.info("stopping with %d entries in the spool", spool.depth)
-        await spool.close()
 
 
 class _Webhook:
@@ -171,7 +106,7 @@ class _Webhook:
                     )
             except TimeoutError:
                 message = f"body not received within {settings.body_timeout:g}s"
-                raise _BodyTimeout(message) from None
+                raise BodyTimeout(message) from None
             except ClientDisconnect:  # nothing was stored and no one is left to answer
                 pipeline.metrics.rejected.labels("client_disconnected").inc()
                 logger.info("the client went away before its body ended")
@@ -188,7 +123,7 @@ class _Webhook:
                 "type": prepared.type,
                 "case_id": prepared.case_id,
                 "event_id": prepared.event_id,
-                "topic": prepared.topic,
+                "topic": prepared.record.topic,
                 "partition": delivery.partition if delivery else None,
                 "offset": delivery.offset if delivery else None,
                 "reason": prepared.reason or None,
@@ -264,7 +199,7 @@ def _refuse(
 async def read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
     """The body, refusing (413) as soon as it is known to exceed `limit` bytes."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _BodyTooLarge(f"body larger than {limit} bytes")
+        raise BodyTooLarge(f"body larger than {limit} bytes")
     chunks = []
     size = 0
     while True:
@@ -274,7 +209,7 @@ async def read_body(receive: Receive, declared: bytes | None, limit: int) -> byt
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _BodyTooLarge(f"body larger than {limit} bytes")
+            raise BodyTooLarge(f"body larger than {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -2,9 +2,10 @@
 
 An event id is remembered only once its notification is stored (acknowledged by Kafka or in
 the spool), so a failed first attempt never hides the retry. The ids live in memory for the hot
-path (insertion-ordered, so the oldest expire from the front) and are written to the spool's
-SQLite file in batches, so the window survives a restart. A crash can lose the last batch (at
-most `flush` interval); those retries are then stored twice, each with the same `event-id`.
+path (insertion-ordered, so the oldest expire from the front) and are written to an
+`EventIdStore` (the spool's SQLite file) in batches, so the window survives a restart. A crash
+can lose the last batch (at most `flush` interval); those retries are then stored twice, each
+with the same `event-id`.
 
 Memory is what bounds the window under load (at 2,000 notifications/s the default 170,000 ids
 cover 85 s), so each id costs little: memory keeps a 128-bit digest of it (an id of 37
@@ -19,10 +20,22 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
-
-from bridge.spool import Spool
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 STAMP_EVERY = 1.0  # seconds: the time stamps' resolution (the window is minutes)
+
+
+class EventIdStore(Protocol):
+    """Where remembered event ids outlive the process: the spool's file (`bridge.spool.Spool`)."""
+
+    async def remember(self, events: list[tuple[str, float]], expired_before: float) -> None:
+        """Keep these (event id, stored at) pairs; forget those stored before `expired_before`."""
+        ...
+
+    def remembered(self, since: float, limit: int) -> AsyncIterator[list[tuple[str, float]]]:
+        """The newest `limit` ids stored since `since`, oldest first, a page at a time."""
+        ...
 
 
 def _digest(event_id: str) -> bytes:
@@ -30,7 +43,7 @@ def _digest(event_id: str) -> bytes:
 
 
 class Deduplicator:
-    def __init__(self, window: float, max_entries: int, store: Spool | None = None) -> None:
+    def __init__(self, window: float, max_entries: int, store: EventIdStore | None = None) -> None:
         self.window = window
         self.max_entries = max_entries
         self._store = store

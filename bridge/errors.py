@@ -4,7 +4,11 @@ vendor should retry (`retriable`: answered with `Retry-After`).
 BridgeError                  status
  +-- ConfigError             -     bad settings; start refused
  +-- InvalidNotification     200   cannot be typed; stored in the dead-letter topic
+ +-- BodyTooLarge            413   the request body exceeds BRIDGE_MAX_BODY_BYTES
+ +-- BodyTimeout             408   the body did not arrive within BRIDGE_BODY_TIMEOUT
  +-- PayloadTooLarge         413   not even the raw body fits in a Kafka record
+ +-- UndecodableRecord       -     a Kafka record's value is not Avro we can read (tail)
+ +-- RegistryError           503   the schema registry refused or could not be reached
  +-- PublishError            503   Kafka did not acknowledge; retriable
  |    +-- PublishTimeout     503   no acknowledgement within the ack budget
  |    +-- PublishRejected    422   Kafka refused the record for good; not retriable
@@ -60,6 +64,45 @@ class PublishRejected(PublishError):
     status = 422
     retriable = False
     code = "kafka_rejected"
+
+
+class BodyTooLarge(BridgeError):
+    """The request body is larger than BRIDGE_MAX_BODY_BYTES."""
+
+    status = 413
+    code = "body_too_large"
+
+
+class BodyTimeout(BridgeError):
+    """The client did not send its whole body within BRIDGE_BODY_TIMEOUT."""
+
+    status = 408
+    code = "body_timeout"
+
+
+class UndecodableRecord(BridgeError):
+    """A value read from Kafka is not Avro of a schema we know. The read side's error: an
+    HTTP notification that cannot be typed is an `InvalidNotification` instead."""
+
+    code = "undecodable"
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class RegistryError(BridgeError):
+    """The schema registry answered with an error, or could not be reached. `error_code` is
+    the registry's own (40401 subject not found, ...), or 0."""
+
+    status = 503
+    retriable = True
+    code = "registry_error"
+
+    def __init__(self, message: str, error_code: int = 0) -> None:
+        super().__init__(message)
+        self.error_code = error_code
 
 
 class PayloadTooLarge(BridgeError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,12 +24,37 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from bridge import __version__
 
-if TYPE_CHECKING:
-    from bridge.pipeline import Pipeline
-
 # From a fast local ack (~1 ms) to the ack budget and the vendor's 10 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class SpoolState(Protocol):
+    """What the gauges read from the spool."""
+
+    @property
+    def depth(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def max_bytes(self) -> int: ...
+    @property
+    def oldest(self) -> float | None: ...
+    @property
+    def quarantined(self) -> int: ...
+
+
+class State(Protocol):
+    """What the gauges read from the service (the pipeline): read-only, and nothing more."""
+
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def kafka_up(self) -> bool: ...
+    @property
+    def remembered(self) -> int: ...
+    @property
+    def spool(self) -> SpoolState | None: ...
 
 
 class Metrics:
@@ -106,12 +131,12 @@ class Metrics:
         if outcome != "duplicate":
             children[1].observe(seconds)
 
-    def refresh(self, pipeline: Pipeline) -> None:
-        """Set the gauges from the pipeline's state."""
-        self.in_flight.set(pipeline.in_flight)
-        self.kafka_up.set(1 if pipeline.kafka_up else 0)
-        self.dedup.set(len(pipeline.dedup))
-        spool = pipeline.spool
+    def refresh(self, state: State) -> None:
+        """Set the gauges from the service's state."""
+        self.in_flight.set(state.in_flight)
+        self.kafka_up.set(1 if state.kafka_up else 0)
+        self.dedup.set(state.remembered)
+        spool = state.spool
         if spool is not None:
             self.spool_depth.set(spool.depth)
             self.spool_bytes.set(spool.bytes)
@@ -120,8 +145,8 @@ class Metrics:
             self.spool_age.set(age)
             self.spool_quarantined.set(spool.quarantined)
 
-    def exposition(self, pipeline: Pipeline) -> tuple[bytes, str]:
-        self.refresh(pipeline)
+    def exposition(self, state: State) -> tuple[bytes, str]:
+        self.refresh(state)
         if MULTIPROCESS_DIR in os.environ:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -9,9 +9,10 @@ from typing import Any, Final
 
 import orjson
 
+from bridge.codec.schemas import RECORD_NAMES
 from bridge.errors import InvalidNotification
 
-TYPES: Final = ("call", "waba_template", "chatbot")
+TYPES: Final = tuple(RECORD_NAMES)  # call, waba_template, chatbot: one schema each
 MAX_DEPTH: Final = 254  # orjson's limit when writing; every record must be writable
 # A cheap test first (a run of 20 digits anywhere), the exact one only when it passes.
 _DIGITS_ONLY: Final = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))

@@ -22,8 +22,11 @@ from dataclasses import dataclass
 
 import orjson
 
+from bridge.codec.encode import Codec
+from bridge.codec.mapping import Mapper
+from bridge.codec.schemas import Schema, load_schemas
+from bridge.codec.writer import Unsupported, Writer
 from bridge.dedup import Deduplicator
-from bridge.encode import Codec
 from bridge.errors import (
     InvalidNotification,
     Overloaded,
@@ -33,23 +36,20 @@ from bridge.errors import (
     PublishTimeout,
     SpoolError,
 )
-from bridge.mapping import Mapper
 from bridge.metrics import Metrics
 from bridge.parse import case_id_of, parse_notification
 from bridge.publish import Delivery, Publisher
-from bridge.registry import SchemaRegistry, resolve_ids
+from bridge.record import Record
+from bridge.registry import SchemaRegistry
 from bridge.routing import (
     DLQ,
-    Headers,
     dead_letter_headers,
     dead_letter_id,
     headers_for,
     topic_for,
 )
-from bridge.schemas import Schema, load_schemas
 from bridge.settings import Settings
 from bridge.spool import Spool, SpoolEntry
-from bridge.writer import Unsupported, Writer
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +59,12 @@ RECORD_OVERHEAD = 1024  # record batch and record headers, generously
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A notification ready for Kafka."""
+    """A notification ready for Kafka: its record, and what the log line and metrics say."""
 
     type: str  # call, waba_template, chatbot, or dlq
     case_id: str | None
     event_id: str
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: Headers
+    record: Record
     reason: str = ""
 
 
@@ -81,12 +78,20 @@ class Outcome:
 
 
 class Pipeline:
-    def __init__(
+    """Its collaborators are given (by `bridge.container`, which starts and stops them); the
+    defaults are for a pipeline of its own, as in tests and `bridge replay --kafka`."""
+
+    def __init__(  # noqa: PLR0913 - each collaborator by name
         self,
         settings: Settings,
         publisher: Publisher,
+        *,
         schemas: dict[str, Schema] | None = None,
+        codec: Codec | None = None,
         spool: Spool | None = None,
+        dedup: Deduplicator | None = None,
+        registry: SchemaRegistry | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
@@ -94,28 +99,20 @@ class Pipeline:
         self.mappers = {kind: Mapper(schema) for kind, schema in self.schemas.items()}
         # The one-pass writer where the schema's shape allows it (always, for ours).
         self.writers = {kind: _writer(schema) for kind, schema in self.schemas.items()}
-        self.codec = Codec(self.schemas)
-        self.registry: SchemaRegistry | None = None
-        self.spool: Spool | None = None
-        self.dedup = Deduplicator(settings.dedup_window, settings.dedup_max_entries)
-        self.attach(spool)
-        self.metrics = Metrics()
+        self.codec = Codec(self.schemas) if codec is None else codec
+        self.registry = registry  # only asked for readiness: the codec has the ids
+        self.spool = spool
+        if dedup is None:  # (not `dedup or ...`: an empty deduplicator is falsy)
+            dedup = Deduplicator(settings.dedup_window, settings.dedup_max_entries, spool)
+        self.dedup = dedup
+        self.metrics = Metrics() if metrics is None else metrics
         self.kafka_up = True  # false from a failed publish until the next acknowledgement
         self.in_flight = 0
 
-    async def use_registry(self, registry: SchemaRegistry) -> None:
-        """Write in the Confluent wire format with the ids the registry gives our schemas."""
-        ids = await resolve_ids(registry, self.settings, self.schemas)
-        self.codec = Codec(self.schemas, ids=ids)
-        self.registry = registry
-
-    def attach(self, spool: Spool | None) -> Spool | None:
-        """Use `spool` (opened by the lifespan) from now on; return the one used before."""
-        previous, self.spool = self.spool, spool
-        self.dedup = Deduplicator(
-            self.settings.dedup_window, self.settings.dedup_max_entries, spool
-        )
-        return previous
+    @property
+    def remembered(self) -> int:
+        """Event ids remembered for duplicates (for the metrics)."""
+        return len(self.dedup)
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -140,48 +137,41 @@ class Pipeline:
             if writer is not None:
                 value = self.codec.frame(notification.type, writer.write(notification.data))
             else:
-                record = self.mappers[notification.type].to_record(notification.data)
-                value = self.codec.encode(notification.type, record)
+                avro = self.mappers[notification.type].to_record(notification.data)
+                value = self.codec.encode(notification.type, avro)
         except InvalidNotification as exc:
             return self._dead_letter(body, exc, content_type, received_at)
         except (ValueError, TypeError, OverflowError) as exc:  # fastavro refused the record
             invalid = InvalidNotification("encode-failed", f"{type(exc).__name__}: {exc}")
             return self._dead_letter(body, invalid, content_type, received_at)
-        prepared = Prepared(
-            type=notification.type,
-            case_id=notification.case_id,
-            event_id=notification.event_id,
-            topic=topic_for(self.settings.topic_prefix, notification.type),
-            key=notification.case_id.encode(),
-            value=value,
-            headers=headers_for(notification, self.schemas[notification.type], received_at),
+        record = Record(
+            topic_for(self.settings.topic_prefix, notification.type),
+            notification.case_id.encode(),
+            value,
+            headers_for(notification, self.schemas[notification.type], received_at),
         )
-        if self._fits(prepared):
+        prepared = Prepared(notification.type, notification.case_id, notification.event_id, record)
+        if self._fits(record):
             return prepared
         too_large = InvalidNotification("too-large", f"record of {len(value)} bytes")
         return self._dead_letter(body, too_large, content_type, received_at)
 
-    def _fits(self, prepared: Prepared) -> bool:
-        size = len(prepared.value) + len(prepared.key or b"")
-        size += sum(len(k) + len(v) for k, v in prepared.headers)
-        return size + RECORD_OVERHEAD <= self.settings.kafka_max_request_size
+    def _fits(self, record: Record) -> bool:
+        return record.size + RECORD_OVERHEAD <= self.settings.kafka_max_request_size
 
     def _dead_letter(
         self, body: bytes, exc: InvalidNotification, content_type: str, received_at: float
     ) -> Prepared:
         headers = dead_letter_headers(exc.reason, exc.detail, content_type, body, received_at)
         case_id = _best_effort_case_id(body)
-        prepared = Prepared(
-            type=DLQ,
-            case_id=case_id,
-            event_id=dead_letter_id(body),
-            topic=topic_for(self.settings.topic_prefix, DLQ),
-            key=case_id.encode() if case_id else None,
-            value=body,
-            headers=headers,
-            reason=exc.reason,
+        record = Record(
+            topic_for(self.settings.topic_prefix, DLQ),
+            case_id.encode() if case_id else None,
+            body,
+            headers,
         )
-        if not self._fits(prepared):
+        prepared = Prepared(DLQ, case_id, dead_letter_id(body), record, exc.reason)
+        if not self._fits(record):
             raise PayloadTooLarge(
                 f"a body of {len(body)} bytes does not fit in a Kafka record "
                 f"(BRIDGE_KAFKA_MAX_REQUEST_SIZE={self.settings.kafka_max_request_size})"
@@ -201,14 +191,12 @@ class Pipeline:
         return outcome
 
     async def _store(self, prepared: Prepared) -> Outcome:
-        spool = self.spool
-        if spool is not None and (not self.kafka_up or prepared.key in spool.keys):
-            await self._spool(spool, prepared)  # behind what waits, never overtaking it
+        spool, record = self.spool, prepared.record
+        if spool is not None and (not self.kafka_up or record.key in spool.keys):
+            await spool.append(record)  # behind what waits, never overtaking it
             return Outcome("spooled", prepared)
         try:
-            delivery = await self._publish(
-                prepared.topic, prepared.key, prepared.value, prepared.headers
-            )
+            delivery = await self._publish(record)
         except PublishRejected:
             self.metrics.kafka_errors.labels("publish").inc()
             raise  # for good: spooling it would only block the spool
@@ -218,21 +206,15 @@ class Pipeline:
             if spool is None:
                 raise
             logger.warning("Kafka did not acknowledge (%s): spooling", exc)
-            await self._spool(spool, prepared)
+            await spool.append(record)
             return Outcome("spooled", prepared)
         self.kafka_up = True
         return Outcome("stored", prepared, delivery)
 
-    @staticmethod
-    async def _spool(spool: Spool, prepared: Prepared) -> None:
-        await spool.append(prepared.topic, prepared.key, prepared.value, prepared.headers)
-
-    async def _publish(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
-    ) -> Delivery:
+    async def _publish(self, record: Record) -> Delivery:
         try:
             async with asyncio.timeout(self.settings.ack_timeout):
-                return await self.publisher.publish(topic, key, value, headers)
+                return await self.publisher.publish(record)
         except TimeoutError:
             raise PublishTimeout(
                 f"no acknowledgement from Kafka within {self.settings.ack_timeout:g}s"
@@ -273,7 +255,7 @@ class Pipeline:
         sent = 0
         for wave in _waves(entries):
             results = await asyncio.gather(
-                *(self._publish(e.topic, e.key, e.value, e.headers) for e in wave),
+                *(self._publish(entry.record) for entry in wave),
                 return_exceptions=True,
             )
             done = [e for e, r in zip(wave, results, strict=True) if isinstance(r, Delivery)]
@@ -330,8 +312,9 @@ def _waves(entries: list[SpoolEntry]) -> Iterator[list[SpoolEntry]]:
         rest: list[SpoolEntry] = []
         seen: set[bytes | None] = set()
         for entry in pending:
-            (rest if entry.key in seen else wave).append(entry)
-            seen.add(entry.key)
+            key = entry.record.key
+            (rest if key in seen else wave).append(entry)
+            seen.add(key)
         yield wave
         pending = rest
 

@@ -8,15 +8,15 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 
 from bridge.errors import BrokerUnavailable, PublishError, PublishRejected
-from bridge.routing import Headers
+from bridge.kafka import kafka_options
+from bridge.record import Record
 from bridge.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -35,46 +35,12 @@ class Delivery:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A record as the in-memory publisher keeps it."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: Headers
-    partition: int
-    offset: int
-
-
-def kafka_options(s: Settings) -> dict[str, Any]:
-    """Connection and security options shared by every Kafka client of bridge."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": s.bootstrap_servers,
-        "client_id": s.kafka_client_id,
-        "security_protocol": s.kafka_security_protocol,
-    }
-    if s.kafka_security_protocol in {"SSL", "SASL_SSL"}:
-        options["ssl_context"] = create_ssl_context(
-            cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None,
-            certfile=str(s.kafka_ssl_certfile) if s.kafka_ssl_certfile else None,
-            keyfile=str(s.kafka_ssl_keyfile) if s.kafka_ssl_keyfile else None,
-        )
-    if s.kafka_sasl_mechanism:
-        options["sasl_mechanism"] = s.kafka_sasl_mechanism
-        options["sasl_plain_username"] = s.kafka_sasl_username
-        options["sasl_plain_password"] = s.kafka_sasl_password.get_secret_value()
-    return options
-
-
 class Publisher(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self, timeout: float) -> None: ...
 
-    async def publish(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
-    ) -> Delivery:
+    async def publish(self, record: Record) -> Delivery:
         """Return once the record is acknowledged; raise PublishError otherwise."""
         ...
 
@@ -120,14 +86,17 @@ class KafkaPublisher:
             await _bounded(self._producer.stop(), timeout)
             self._producer = None
 
-    async def publish(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
-    ) -> Delivery:
+    async def publish(self, record: Record) -> Delivery:
         if self._producer is None:
             raise PublishError("publisher not started")
+        topic, key = record.topic, record.key
         try:
             meta = await self._producer.send_and_wait(
-                topic, value, key=key, partition=self._partition(topic, key), headers=headers
+                topic,
+                record.value,
+                key=key,
+                partition=self._partition(topic, key),
+                headers=record.headers,
             )
         except KafkaError as exc:
             error = PublishError if exc.retriable else PublishRejected
@@ -167,10 +136,11 @@ class KafkaPublisher:
 
 
 class MemoryPublisher:
-    """Keeps records in memory, one partition per topic. For tests and dry runs."""
+    """Keeps records in memory, one partition per topic (a record's offset is its index in
+    the topic's list). For tests and dry runs."""
 
     def __init__(self) -> None:
-        self.topics: dict[str, list[Message]] = defaultdict(list)
+        self.topics: dict[str, list[Record]] = defaultdict(list)
         self.started = False
 
     async def start(self) -> None:
@@ -179,14 +149,12 @@ class MemoryPublisher:
     async def stop(self, timeout: float) -> None:  # noqa: ARG002 - nothing to flush
         self.started = False
 
-    async def publish(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
-    ) -> Delivery:
+    async def publish(self, record: Record) -> Delivery:
         if not self.started:
             raise PublishError("publisher not started")
-        log = self.topics[topic]
-        log.append(Message(topic, key, value, list(headers), 0, len(log)))
-        return Delivery(topic, 0, len(log) - 1)
+        log = self.topics[record.topic]
+        log.append(record)
+        return Delivery(record.topic, 0, len(log) - 1)
 
     async def check(self) -> str | None:
         return None if self.started else "not started"

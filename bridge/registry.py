@@ -15,27 +15,15 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from bridge.errors import BridgeError, ConfigError
+from bridge.codec.schemas import NAMESPACE, Schema, build, from_definition, text
+from bridge.errors import ConfigError, RegistryError
 from bridge.routing import topic_for
-from bridge.schemas import NAMESPACE, Schema, build, from_definition, text
 from bridge.settings import Settings
 
 CONTENT_TYPE: Final = "application/vnd.schemaregistry.v1+json"
 SUBJECT_NOT_FOUND: Final = 40401
 SCHEMA_NOT_FOUND: Final = 40403
 VERSION_NOT_FOUND: Final = 40402
-
-
-class RegistryError(BridgeError):
-    """The registry answered with an error, or could not be reached."""
-
-    status = 503
-    retriable = True
-    code = "registry_error"
-
-    def __init__(self, message: str, error_code: int = 0) -> None:
-        super().__init__(message)
-        self.error_code = error_code
 
 
 def subject_for(strategy: str, topic: str, record_name: str) -> str:

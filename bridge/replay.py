@@ -15,12 +15,12 @@ from typing import IO
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge.errors import BridgeError, InvalidNotification
+from bridge.kafka import reading
 from bridge.parse import parse_notification
 from bridge.pipeline import Pipeline
-from bridge.publish import KafkaPublisher, kafka_options
+from bridge.publish import KafkaPublisher
 from bridge.routing import all_topics, dead_letter_id
 from bridge.settings import Settings
 
@@ -142,35 +142,12 @@ async def to_kafka(
 
 async def stored_event_ids(settings: Settings, idle: float = 2.0) -> frozenset[str]:
     """The `event-id` header of every record already in the topics (values are not read)."""
-    consumer = AIOKafkaConsumer(
-        **{**kafka_options(settings), "client_id": f"{settings.kafka_client_id}-replay"},
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
     found: set[str] = set()
-    try:
-        topics = await consumer.topics()
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in all_topics(settings.topic_prefix)
-            if topic in topics
-            for p in consumer.partitions_for_topic(topic) or ()
-        ]
-        if not partitions:
-            return frozenset()
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        last = time.monotonic()
-        while time.monotonic() - last < idle:  # until nothing new: end offsets may lie
-            batch = await consumer.getmany(timeout_ms=200)
-            for messages in batch.values():
-                for message in messages:
-                    headers = dict(message.headers)
-                    if "event-id" in headers:
-                        found.add(headers["event-id"].decode())
-            if batch:
-                last = time.monotonic()
-    finally:
-        await consumer.stop()
+    topics = all_topics(settings.topic_prefix)
+    client_id = f"{settings.kafka_client_id}-replay"
+    async with reading(settings, topics, client_id=client_id) as read:
+        async for message in read.records(idle):
+            headers = dict(message.headers)
+            if "event-id" in headers:
+                found.add(headers["event-id"].decode())
     return frozenset(found)

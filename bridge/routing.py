@@ -7,12 +7,11 @@ import hashlib
 import math
 import time
 
+from bridge.codec.schemas import Schema
 from bridge.parse import TYPES, Notification
-from bridge.schemas import Schema
+from bridge.record import Headers
 
 DLQ: str = "dlq"
-
-Headers = list[tuple[str, bytes]]
 
 
 def topic_for(prefix: str, kind: str) -> str:

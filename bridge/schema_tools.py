@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from bridge.compat import problems
+from bridge.codec.compat import problems
+from bridge.codec.schemas import Schema, history_dir, load_history, load_schemas
 from bridge.errors import ConfigError
 from bridge.registry import SchemaRegistry, subjects
-from bridge.schemas import Schema, history_dir, load_history, load_schemas
 from bridge.settings import Settings
 
 

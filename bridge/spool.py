@@ -5,7 +5,8 @@ One SQLite file (standard library) per process in `BRIDGE_SPOOL_DIR`, WAL journa
 survives a crash of the process or the machine (not the loss of the disk). Entries are kept in
 arrival order (`seq`) with a CRC-32 each; a damaged entry is moved to the `quarantine` table and
 reported, and a damaged file is moved aside and salvaged, never blocking the rest. The file also
-holds the event ids recently stored, so duplicate suppression survives a restart.
+holds the event ids recently stored, so duplicate suppression survives a restart (the spool is
+the `bridge.dedup.EventIdStore`).
 
 All SQLite work runs in one dedicated thread, off the event loop.
 """
@@ -30,7 +31,7 @@ from typing import IO, Any, TypeVar
 import orjson
 
 from bridge.errors import SpoolError, SpoolFull
-from bridge.routing import Headers
+from bridge.record import Headers, Record
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,20 +55,25 @@ CREATE INDEX IF NOT EXISTS seen_by_time ON seen (stored, event_id);
 """
 _COLUMNS = "seq, topic, key, value, headers, created, crc"
 FULL_MARGIN = 64 * 1024  # readiness calls the spool full when less room than this is left
+ENTRY_OVERHEAD = 64  # bytes counted per entry beyond its key and value (row, index, headers)
+
+
+def _size(key: bytes | None, value_size: int) -> int:
+    """What an entry counts against BRIDGE_SPOOL_MAX_BYTES."""
+    return value_size + len(key or b"") + ENTRY_OVERHEAD
 
 
 @dataclass(frozen=True, slots=True)
 class SpoolEntry:
+    """A record waiting in the spool: its place in line and when it arrived."""
+
     seq: int
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: Headers
+    record: Record
     created: float
 
     @property
     def size(self) -> int:
-        return len(self.value) + len(self.key or b"") + 64
+        return _size(self.record.key, len(self.record.value))
 
 
 @dataclass
@@ -140,7 +146,7 @@ class Spool:
         for _, key, size, created in rows:
             self.keys[key] += 1
             self.depth += 1
-            self.bytes += size + len(key or b"") + 64
+            self.bytes += _size(key, size)
             self.oldest = created if self.oldest is None else self.oldest
         report.entries = self.depth
         report.quarantined = self._db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
@@ -244,13 +250,14 @@ class Spool:
 
     # -- entries ------------------------------------------------------------------------------
 
-    async def append(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> int:
-        """Store one entry durably; raise SpoolFull or SpoolError when it cannot."""
-        size = len(value) + len(key or b"") + 64
+    async def append(self, record: Record) -> int:
+        """Store one record durably; raise SpoolFull or SpoolError when it cannot."""
+        topic, key, value = record.topic, record.key, record.value
+        size = _size(key, len(value))
         if self.bytes + size > self.max_bytes:
             raise SpoolFull(f"spool full ({self.bytes} of {self.max_bytes} bytes)")
         created = time.time()
-        packed = _pack_headers(headers)
+        packed = _pack_headers(record.headers)
         crc = _checksum(topic, key, value, packed)
         self.bytes += size  # reserve before the await, so concurrent appends respect the limit
         try:
@@ -292,20 +299,19 @@ class Spool:
             try:
                 if crc != _checksum(topic, key, value, headers):
                     raise ValueError("checksum mismatch")  # noqa: TRY301
-                entries.append(
-                    SpoolEntry(seq, topic, key, value, _unpack_headers(headers), created)
-                )
+                record = Record(topic, key, value, _unpack_headers(headers))
+                entries.append(SpoolEntry(seq, record, created))
             except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
                 logger.error("spool entry %d is damaged (%s): moved to quarantine", seq, exc)  # noqa: TRY400
                 self._quarantine(seq, str(exc))
-                damaged.append((key, len(value or b"") + len(key or b"") + 64))
+                damaged.append((key, _size(key, len(value or b""))))
         return entries, damaged
 
     async def quarantine(self, entry: SpoolEntry, reason: str) -> None:
         """Move an entry Kafka refuses for good out of the way, keeping it for the operator."""
         logger.error("spool entry %d refused by Kafka (%s): moved to quarantine", entry.seq, reason)
         await self._run(self._quarantine, entry.seq, reason)
-        self._forget(entry.key, entry.size)
+        self._forget(entry.record.key, entry.size)
         self.quarantined += 1
 
     def _quarantine(self, seq: int, reason: str) -> None:
@@ -324,7 +330,7 @@ class Spool:
             return
         await self._run(self._delete, [e.seq for e in done])
         for entry in done:
-            self._forget(entry.key, entry.size)
+            self._forget(entry.record.key, entry.size)
         if self.depth == 0:
             self.oldest = None
         else:

@@ -5,20 +5,19 @@ from __future__ import annotations
 import base64
 import contextlib
 import sys
-import time
 from dataclasses import dataclass
 from typing import IO, Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
-from bridge.encode import Codec, confluent_id
-from bridge.errors import InvalidNotification
-from bridge.mapping import Mapper
-from bridge.publish import kafka_options
-from bridge.registry import RegistryError, SchemaRegistry
+from bridge.codec.encode import Codec, confluent_id
+from bridge.codec.mapping import Mapper
+from bridge.codec.schemas import Schema, load_history, load_schemas
+from bridge.errors import RegistryError, UndecodableRecord
+from bridge.kafka import reading
+from bridge.registry import SchemaRegistry
 from bridge.routing import DLQ, topic_for
-from bridge.schemas import Schema, load_history, load_schemas
 from bridge.settings import Settings
 
 
@@ -83,7 +82,7 @@ class Decoder:
             return doc
         try:
             schema, record = self._codec.decode(value)
-        except InvalidNotification as exc:
+        except UndecodableRecord as exc:
             doc["notification"] = None
             doc["error"] = str(exc)
             return doc
@@ -114,59 +113,31 @@ def pretty(doc: dict[str, Any]) -> str:
     return f"{headers.get('received-at', '?'):24}  {kind:13}  case={doc['key']}  {shown}  [{where}]"
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topics: list[str]) -> list[TopicPartition]:
-    available = await consumer.topics()
-    partitions: list[TopicPartition] = []
-    for topic in topics:
-        if topic not in available:
-            print(f"bridge tail: topic {topic} does not exist (yet)", file=sys.stderr)
-            continue
-        ids = consumer.partitions_for_topic(topic) or set()
-        partitions.extend(TopicPartition(topic, p) for p in sorted(ids))
-    return partitions
-
-
 async def tail(settings: Settings, options: TailOptions, out: IO[str] = sys.stdout) -> int:
     """Print the records; return how many were printed."""
     registry = SchemaRegistry(settings) if settings.schema_registry_url else None
     decoder = Decoder(registry=registry)
-    consumer = AIOKafkaConsumer(
-        **{**kafka_options(settings), "client_id": f"{settings.kafka_client_id}-tail"},
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
+    topics = [topic_for(settings.topic_prefix, kind) for kind in options.types]
+    key = options.case_id.encode() if options.case_id is not None else None
     printed = 0
     try:
-        # Assigning partitions (no consumer group) starts at once and never moves offsets.
-        partitions = await _partitions(
-            consumer, [topic_for(settings.topic_prefix, kind) for kind in options.types]
-        )
-        if not partitions:
-            return 0
-        consumer.assign(partitions)
-        if options.from_beginning:
-            await consumer.seek_to_beginning(*partitions)
-        else:
-            await consumer.seek_to_end(*partitions)
-        key = options.case_id.encode() if options.case_id is not None else None
-        last = time.monotonic()
-        while True:
-            batch = await consumer.getmany(timeout_ms=200)
-            for messages in batch.values():
-                for message in messages:
-                    if key is not None and message.key != key:
-                        continue
-                    await decoder.learn(message.value or b"")
-                    doc = decoder.document(message)
-                    line = pretty(doc) if options.format == "pretty" else orjson.dumps(doc).decode()
-                    print(line, file=out, flush=True)
-                    printed += 1
-            if batch:
-                last = time.monotonic()
-            elif options.until_idle is not None and time.monotonic() - last >= options.until_idle:
-                return printed
+        async with reading(
+            settings,
+            topics,
+            from_beginning=options.from_beginning,
+            client_id=f"{settings.kafka_client_id}-tail",
+        ) as read:
+            for topic in read.missing:
+                print(f"bridge tail: topic {topic} does not exist (yet)", file=sys.stderr)
+            async for message in read.records(options.until_idle):
+                if key is not None and message.key != key:
+                    continue
+                await decoder.learn(message.value or b"")
+                doc = decoder.document(message)
+                line = pretty(doc) if options.format == "pretty" else orjson.dumps(doc).decode()
+                print(line, file=out, flush=True)
+                printed += 1
     finally:
-        await consumer.stop()
         if registry is not None:
             await registry.close()
+    return printed

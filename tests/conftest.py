@@ -18,10 +18,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from bridge.app import create_app
 from bridge.broker import EmbeddedBroker, create_topics, free_port
-from bridge.cli import server_config
 from bridge.publish import Publisher
 from bridge.routing import all_topics
 from bridge.settings import Settings, load_settings
+from bridge.supervisor import server_config
 from tests.registry_double import Registry
 
 T = TypeVar("T")

@@ -3,8 +3,8 @@
 Speaks what bridge and Confluent's own clients use: register, look up by subject, get by id,
 list a subject's versions and get one, compatibility against the latest version, config;
 errors as {"error_code", "message"} with the documented codes (40401, 40402, 40403, 409,
-42201). Compatibility is decided with fastavro's parser for validity and bridge.compat for the
-rules. With `ignores_verbose`, a compatibility check is answered as Karapace 3.16 answers it:
+42201). Compatibility is decided with fastavro's parser for validity and bridge.codec.compat for
+the rules. With `ignores_verbose`, a compatibility check is answered as Karapace 3.16 answers it:
 `{"is_compatible": false}`, no reasons, whatever `?verbose=true` asks.
 """
 
@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge.compat import problems
+from bridge.codec.compat import problems
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +13,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from bridge.app import WEBHOOK_PATH, create_app
-from bridge.encode import Codec
-from bridge.mapping import Mapper
+from bridge.codec.encode import Codec
+from bridge.codec.mapping import Mapper
+from bridge.codec.schemas import load_schemas
 from bridge.publish import Delivery, MemoryPublisher
-from bridge.routing import Headers
-from bridge.schemas import load_schemas
+from bridge.record import Record
 from bridge.settings import load_settings
 from tests.conftest import sample, sample_bytes
 
@@ -26,9 +27,7 @@ SCHEMAS = load_schemas()
 class StalledPublisher(MemoryPublisher):
     """A broker that never acknowledges."""
 
-    async def publish(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
-    ) -> Delivery:
+    async def publish(self, record: Record) -> Delivery:
         await asyncio.sleep(3600)
         raise AssertionError("unreachable")
 
@@ -140,6 +139,20 @@ def test_the_lifespan_starts_and_stops_the_publisher(
     with TestClient(create_app(load_settings(spool_dir=tmp_path), publisher)):
         assert publisher.started
     assert not publisher.started
+
+
+def test_a_retry_after_a_restart_is_still_a_duplicate(
+    publisher: MemoryPublisher, tmp_path: Path
+) -> None:
+    settings = load_settings(spool_dir=tmp_path)
+    with TestClient(create_app(settings, publisher)) as first:
+        assert first.post(WEBHOOK_PATH, content=sample_bytes("call")).status_code == 200
+    with TestClient(create_app(settings, publisher)) as again:  # its ids read back from the spool
+        assert again.post(WEBHOOK_PATH, content=sample_bytes("call")).status_code == 200
+        assert re.search(r"^bridge_dedup_event_ids 1\.0$", again.get("/metrics").text, re.MULTILINE)
+        text = again.get("/metrics").text
+    assert 'bridge_notifications_total{outcome="duplicate",type="call"} 1.0' in text
+    assert sum(len(log) for log in publisher.topics.values()) == 1
 
 
 def test_metrics_count_outcomes_and_rejections_with_bounded_labels(client: TestClient) -> None:

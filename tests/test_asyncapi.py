@@ -9,9 +9,9 @@ import orjson
 import yaml
 
 from bridge import parse
+from bridge.codec.schemas import RECORD_NAMES, load_schemas
 from bridge.parse import parse_notification
 from bridge.routing import all_topics, dead_letter_headers, headers_for
-from bridge.schemas import RECORD_NAMES, load_schemas
 from bridge.settings import Settings
 from tests.conftest import sample_bytes
 
@@ -47,7 +47,7 @@ def test_headers_are_the_ones_bridge_writes() -> None:
 
 
 def test_every_dead_letter_reason_in_the_code_is_documented() -> None:
-    sources = "".join(p.read_text() for p in (ROOT / "bridge").glob("*.py"))
+    sources = "".join(p.read_text() for p in (ROOT / "bridge").rglob("*.py"))
     reasons = set(re.findall(r'InvalidNotification\(\s*"([a-z-]+)"', sources))
     reasons |= set(re.findall(r'reason = "([a-z-]+)" if', sources))
     reasons |= set(re.findall(r'else "([a-z-]+)"\n', sources)) & {"not-json"}

@@ -19,7 +19,6 @@ import pytest
 
 from bridge import __version__
 from bridge.broker import EmbeddedBroker, free_port
-from bridge.cli import restart_delay
 from bridge.settings import Settings
 from tests.conftest import RunningRegistry, process_env, sample, sample_bytes
 
@@ -265,23 +264,6 @@ def test_a_hung_worker_is_killed_and_replaced(kafka_settings: Settings) -> None:
         os.kill(workers[1], signal.SIGSTOP)  # alive, but its event loop runs no more
         _replaced(process, workers, 1, kafka_settings.port)
     assert re.search(r"worker 1 hung \(\d+ s\): killed", log.read_text())
-
-
-@pytest.mark.parametrize(
-    ("previous", "lived", "delay"),
-    [
-        (0.0, 0.3, 0.5),  # dies at start: wait a little
-        (0.5, 0.3, 1.0),  # again: twice as long
-        (16.0, 2.0, 30.0),  # never longer than 30 s
-        (30.0, 5.0, 30.0),
-        (30.0, 61.0, 0.0),  # ran for a while before it died: replaced at once
-        (0.0, 3600.0, 0.0),
-    ],
-)
-def test_a_worker_that_keeps_dying_is_replaced_ever_more_slowly(
-    previous: float, lived: float, delay: float
-) -> None:
-    assert restart_delay(previous, lived) == delay
 
 
 def test_workers_that_cannot_listen_stop_the_service(kafka_settings: Settings) -> None:

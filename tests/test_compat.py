@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bridge.compat import can_read, problems
+from bridge.codec.compat import can_read, problems
 
 
 def record(

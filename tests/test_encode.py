@@ -6,10 +6,10 @@ import struct
 import fastavro
 import pytest
 
-from bridge.encode import MAGIC, Codec
-from bridge.errors import InvalidNotification
-from bridge.mapping import Mapper
-from bridge.schemas import load_schemas
+from bridge.codec.encode import MAGIC, Codec
+from bridge.codec.mapping import Mapper
+from bridge.codec.schemas import load_schemas
+from bridge.errors import UndecodableRecord
 from tests.conftest import sample
 
 SCHEMAS = load_schemas()
@@ -60,6 +60,6 @@ def test_decode_finds_the_writer_schema_by_fingerprint() -> None:
     ],
 )
 def test_decode_refuses_foreign_bytes(value: bytes, reason: str) -> None:
-    with pytest.raises(InvalidNotification) as caught:
+    with pytest.raises(UndecodableRecord) as caught:
         Codec(SCHEMAS).decode(value)
     assert caught.value.reason == reason

@@ -14,9 +14,9 @@ from typing import Any
 import fastavro
 import pytest
 
-from bridge.mapping import Mapper
+from bridge.codec.mapping import Mapper
+from bridge.codec.schemas import Schema, default_schema_dir, load_history, load_schemas
 from bridge.schema_tools import check_schemas, snapshot
-from bridge.schemas import Schema, default_schema_dir, load_history, load_schemas
 from bridge.settings import load_settings
 from tests.conftest import sample
 

@@ -17,10 +17,16 @@ import httpx2
 import orjson
 import pytest
 
-from bridge.encode import CONFLUENT_MAGIC, MAGIC
+from bridge.codec.encode import CONFLUENT_MAGIC, MAGIC
+from bridge.codec.schemas import (
+    build,
+    default_schema_dir,
+    load_history,
+    load_schemas,
+    read_definitions,
+)
 from bridge.registry import SchemaRegistry
 from bridge.routing import topic_for
-from bridge.schemas import build, default_schema_dir, load_history, load_schemas, read_definitions
 from bridge.settings import Settings
 from bridge.tail import Decoder
 from tests.conftest import RunningRegistry, consume, run_server, run_sync, sample

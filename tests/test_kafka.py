@@ -12,8 +12,11 @@ import pytest
 
 from bridge.app import WEBHOOK_PATH
 from bridge.broker import EmbeddedBroker, create_topics, free_port
+from bridge.kafka import consume_until_idle, reading
+from bridge.publish import KafkaPublisher
+from bridge.record import Record
 from bridge.routing import all_topics
-from bridge.settings import load_settings
+from bridge.settings import Settings, load_settings
 from bridge.tail import Decoder
 from tests.conftest import RunningServer, consume, run_server, run_sync, sample, sample_bytes
 
@@ -99,3 +102,23 @@ def test_a_broker_that_goes_away_gets_503_with_retry_after_within_the_budget() -
     assert response.status_code == 503
     assert response.headers["retry-after"] == "60"
     assert elapsed < 3
+
+
+async def test_reading_until_idle_gets_every_record_from_the_oldest_and_names_missing_topics(
+    kafka_settings: Settings,
+) -> None:
+    topic = f"{kafka_settings.topic_prefix}call"
+    publisher = KafkaPublisher(kafka_settings)
+    await publisher.start()
+    try:
+        for n in range(3):  # one key: one partition, in order
+            await publisher.publish(Record(topic, b"case", b"%d" % n, []))
+    finally:
+        await publisher.stop(5)
+    options = {"bootstrap_servers": kafka_settings.kafka_bootstrap_servers}
+    records = await consume_until_idle(options, [topic], idle=1.0)
+    assert [r.value for r in records] == [b"0", b"1", b"2"]
+    absent = f"{kafka_settings.topic_prefix}absent"
+    async with reading(kafka_settings, [absent, topic], from_beginning=False) as read:
+        assert read.missing == [absent]
+        assert [r async for r in read.records(idle=0.5)] == []  # from the end: nothing new

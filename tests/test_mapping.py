@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.mapping import UNMAPPED, Mapper
-from bridge.schemas import Schema, from_definition, load_schemas
+from bridge.codec.mapping import UNMAPPED, Mapper
+from bridge.codec.schemas import Schema, from_definition, load_schemas
 from tests.conftest import sample
 
 SCHEMAS = load_schemas()

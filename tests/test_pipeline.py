@@ -11,7 +11,7 @@ import pytest
 from bridge.errors import Overloaded, PublishError, SpoolFull
 from bridge.pipeline import Pipeline
 from bridge.publish import Delivery, MemoryPublisher
-from bridge.routing import Headers
+from bridge.record import Record
 from bridge.settings import load_settings
 from bridge.spool import Spool
 from tests.conftest import sample
@@ -24,12 +24,10 @@ class SwitchablePublisher(MemoryPublisher):
         super().__init__()
         self.down = False
 
-    async def publish(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
-    ) -> Delivery:
+    async def publish(self, record: Record) -> Delivery:
         if self.down:
             raise PublishError("broker unreachable")
-        return await super().publish(topic, key, value, headers)
+        return await super().publish(record)
 
 
 def notification(case: str, step: int) -> bytes:

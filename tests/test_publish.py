@@ -12,17 +12,18 @@ from aiokafka.partitioner import DefaultPartitioner
 from bridge.broker import create_topics, free_port
 from bridge.errors import BrokerUnavailable, PublishError
 from bridge.publish import KafkaPublisher, MemoryPublisher, Publisher
+from bridge.record import Record
 from bridge.settings import Settings, load_settings
 from tests.conftest import consume
 
-Record = tuple[bytes | None, bytes, dict[str, bytes]]
+Stored = tuple[bytes | None, bytes, dict[str, bytes]]
 
 
 @dataclass
 class Subject:
     publisher: Publisher
     topic: str
-    read: Callable[[], Awaitable[list[Record]]]
+    read: Callable[[], Awaitable[list[Stored]]]
 
 
 @pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
@@ -31,7 +32,7 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
         memory = MemoryPublisher()
         topic = "contract"
 
-        async def read_memory() -> list[Record]:
+        async def read_memory() -> list[Stored]:
             return [(m.key, m.value, dict(m.headers)) for m in memory.topics[topic]]
 
         await memory.start()
@@ -42,7 +43,7 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
     kafka = KafkaPublisher(settings)
     topic = f"{settings.topic_prefix}call"
 
-    async def read_kafka() -> list[Record]:
+    async def read_kafka() -> list[Stored]:
         records = await consume(settings.kafka_bootstrap_servers, [topic])
         return [(r.key, r.value, dict(r.headers)) for r in records]
 
@@ -52,16 +53,18 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
 
 
 async def test_publish_returns_where_the_record_was_stored(subject: Subject) -> None:
-    first = await subject.publisher.publish(subject.topic, b"case-1", b"v1", [("h", b"1")])
-    second = await subject.publisher.publish(subject.topic, b"case-1", b"v2", [])
+    first = await subject.publisher.publish(Record(subject.topic, b"case-1", b"v1", [("h", b"1")]))
+    second = await subject.publisher.publish(Record(subject.topic, b"case-1", b"v2", []))
     assert first.topic == second.topic == subject.topic
     assert first.partition == second.partition  # same key, same partition
     assert second.offset == first.offset + 1
 
 
 async def test_published_records_are_read_back_with_key_and_headers(subject: Subject) -> None:
-    await subject.publisher.publish(subject.topic, b"case-2", b"value", [("event-id", b"e1")])
-    await subject.publisher.publish(subject.topic, None, b"no key", [])
+    await subject.publisher.publish(
+        Record(subject.topic, b"case-2", b"value", [("event-id", b"e1")])
+    )
+    await subject.publisher.publish(Record(subject.topic, None, b"no key", []))
     records = await subject.read()  # two partitions may be read in either order
     assert sorted(records, key=lambda r: r[1]) == [
         (None, b"no key", {}),
@@ -72,7 +75,7 @@ async def test_published_records_are_read_back_with_key_and_headers(subject: Sub
 async def test_publish_after_stop_is_a_publish_error(subject: Subject) -> None:
     await subject.publisher.stop(5)
     with pytest.raises(PublishError):
-        await subject.publisher.publish(subject.topic, b"k", b"v", [])
+        await subject.publisher.publish(Record(subject.topic, b"k", b"v", []))
 
 
 async def test_an_unreachable_broker_is_reported_at_start_in_bounded_time() -> None:
@@ -96,7 +99,7 @@ async def test_keys_land_where_kafkas_default_partitioner_puts_them(
     await kafka.start()
     try:
         keys = [f"case-{n}".encode() for n in range(40)] + [b"12345.0", b"\xff" * 17]
-        landed = [(await kafka.publish(topic, key, b"v", [])).partition for key in keys]
+        landed = [(await kafka.publish(Record(topic, key, b"v", []))).partition for key in keys]
     finally:
         await kafka.stop(5)
     everywhere = list(range(6))

@@ -19,19 +19,18 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from starlette.testclient import TestClient
 
 from bridge.app import WEBHOOK_PATH, create_app
-from bridge.encode import confluent_id
-from bridge.errors import ConfigError
-from bridge.mapping import Mapper
+from bridge.codec.encode import confluent_id
+from bridge.codec.mapping import Mapper
+from bridge.codec.schemas import load_schemas
+from bridge.errors import ConfigError, RegistryError
 from bridge.publish import MemoryPublisher
 from bridge.registry import (
     CONTENT_TYPE,
-    RegistryError,
     SchemaRegistry,
     registered_schema,
     subject_for,
     subjects,
 )
-from bridge.schemas import load_schemas
 from bridge.settings import Settings, load_settings
 from bridge.tail import Decoder
 from tests.conftest import (

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.codec.schemas import load_schemas
 from bridge.parse import parse_notification
 from bridge.routing import all_topics, dead_letter_headers, headers_for, timestamp, topic_for
-from bridge.schemas import load_schemas
 from tests.conftest import sample_bytes
 
 

@@ -6,9 +6,9 @@ from typing import Any
 import orjson
 import pytest
 
+from bridge.codec.mapping import UNMAPPED
+from bridge.codec.schemas import RECORD_NAMES, default_schema_dir, load_schemas, read_definitions
 from bridge.errors import ConfigError
-from bridge.mapping import UNMAPPED
-from bridge.schemas import RECORD_NAMES, default_schema_dir, load_schemas, read_definitions
 
 SCHEMAS = load_schemas()
 

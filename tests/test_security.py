@@ -18,7 +18,8 @@ from starlette.testclient import TestClient
 from bridge.app import WEBHOOK_PATH, create_app
 from bridge.broker import free_port
 from bridge.errors import ConfigError
-from bridge.publish import MemoryPublisher, kafka_options
+from bridge.kafka import kafka_options
+from bridge.publish import MemoryPublisher
 from bridge.settings import load_settings
 from tests.conftest import run_server, sample_bytes
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import SpoolFull
+from bridge.record import Record
 from bridge.spool import Spool
 
 
@@ -18,10 +19,12 @@ async def opened(directory: Path, max_bytes: int = 10_000_000) -> Spool:
 async def test_entries_come_back_in_order_with_everything_kept(tmp_path: Path) -> None:
     spool = await opened(tmp_path)
     for i in range(5):
-        await spool.append("t.call", b"case-%d" % (i % 2), b"value-%d" % i, [("h", b"%d" % i)])
-    await spool.append("t.dlq", None, b"raw", [])
+        await spool.append(
+            Record("t.call", b"case-%d" % (i % 2), b"value-%d" % i, [("h", b"%d" % i)])
+        )
+    await spool.append(Record("t.dlq", None, b"raw", []))
     entries = await spool.head(100)
-    assert [e.value for e in entries] == [
+    assert [e.record.value for e in entries] == [
         b"value-0",
         b"value-1",
         b"value-2",
@@ -29,8 +32,8 @@ async def test_entries_come_back_in_order_with_everything_kept(tmp_path: Path) -
         b"value-4",
         b"raw",
     ]
-    assert entries[3].headers == [("h", b"3")]
-    assert entries[5].key is None
+    assert entries[3].record.headers == [("h", b"3")]
+    assert entries[5].record.key is None
     assert spool.depth == 6
     assert spool.keys == {b"case-0": 3, b"case-1": 2, None: 1}
     await spool.remove(entries[:4])
@@ -41,24 +44,24 @@ async def test_entries_come_back_in_order_with_everything_kept(tmp_path: Path) -
 
 async def test_entries_survive_a_restart(tmp_path: Path) -> None:
     spool = await opened(tmp_path)
-    await spool.append("t.call", b"k", b"v", [])
+    await spool.append(Record("t.call", b"k", b"v", []))
     await spool.close()
     again = await opened(tmp_path)
     assert again.depth == 1
     assert again.keys == {b"k": 1}
     assert again.oldest is not None
-    assert [e.value for e in await again.head(10)] == [b"v"]
+    assert [e.record.value for e in await again.head(10)] == [b"v"]
     await again.close()
 
 
 async def test_a_full_spool_refuses(tmp_path: Path) -> None:
     spool = await opened(tmp_path, max_bytes=2 * 1024 * 1024)
-    await spool.append("t", b"k", b"x" * 1024 * 1024, [])
+    await spool.append(Record("t", b"k", b"x" * 1024 * 1024, []))
     with pytest.raises(SpoolFull):
-        await spool.append("t", b"k", b"x" * 1024 * 1024, [])
+        await spool.append(Record("t", b"k", b"x" * 1024 * 1024, []))
     assert spool.depth == 1
     assert await spool.check() is None
-    await spool.append("t", b"k", b"x" * (1024 * 1024 - 64 * 1024), [])
+    await spool.append(Record("t", b"k", b"x" * (1024 * 1024 - 64 * 1024), []))
     assert await spool.check() == "full"
     await spool.close()
 
@@ -66,12 +69,12 @@ async def test_a_full_spool_refuses(tmp_path: Path) -> None:
 async def test_a_damaged_entry_is_quarantined_and_does_not_block_the_rest(tmp_path: Path) -> None:
     spool = await opened(tmp_path)
     for i in range(3):
-        await spool.append("t", b"k", b"value-%d" % i, [])
+        await spool.append(Record("t", b"k", b"value-%d" % i, []))
     assert spool.path is not None
     with sqlite3.connect(spool.path) as db:  # a bit flips on disk
         db.execute("UPDATE spool SET value = ? WHERE value = ?", (b"valuE-1", b"value-1"))
     entries = await spool.head(10)
-    assert [e.value for e in entries] == [b"value-0", b"value-2"]
+    assert [e.record.value for e in entries] == [b"value-0", b"value-2"]
     assert spool.quarantined == 1
     assert spool.depth == 2
     with sqlite3.connect(spool.path) as db:
@@ -123,7 +126,7 @@ async def test_a_damaged_file_is_moved_aside_and_what_is_readable_is_kept(
 ) -> None:
     spool = await opened(tmp_path)
     for i in range(40):
-        await spool.append("t", b"k%d" % i, b"%03d" % i + b"x" * 3000, [])
+        await spool.append(Record("t", b"k%d" % i, b"%03d" % i + b"x" * 3000, []))
     path = spool.path
     assert path is not None
     await spool.close()
@@ -140,6 +143,6 @@ async def test_a_damaged_file_is_moved_aside_and_what_is_readable_is_kept(
     assert 0 < report.entries == again.depth
     assert report.entries + report.lost == 40  # here no entry was drained: gaps are losses
     kept = await again.head(100)
-    assert [int(e.value[:3]) for e in kept] == sorted(int(e.value[:3]) for e in kept)
-    await again.append("t", b"new", b"still works", [])
+    assert [int(e.record.value[:3]) for e in kept] == sorted(int(e.record.value[:3]) for e in kept)
+    await again.append(Record("t", b"new", b"still works", []))
     await again.close()

@@ -4,11 +4,11 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 
-from bridge.encode import Codec
-from bridge.mapping import Mapper
+from bridge.codec.encode import Codec
+from bridge.codec.mapping import Mapper
+from bridge.codec.schemas import load_schemas
 from bridge.parse import parse_notification
 from bridge.routing import dead_letter_headers, headers_for
-from bridge.schemas import load_schemas
 from bridge.tail import Decoder, pretty
 from tests.conftest import sample, sample_bytes
 

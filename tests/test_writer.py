@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.mapping import Mapper
+from bridge.codec.mapping import Mapper
+from bridge.codec.schemas import load_schemas
+from bridge.codec.writer import Unsupported, Writer
 from bridge.pipeline import Pipeline
 from bridge.publish import MemoryPublisher
-from bridge.schemas import load_schemas
 from bridge.settings import load_settings
-from bridge.writer import Unsupported, Writer
 from tests.conftest import sample
 from tests.test_mapping import json_values, mutated
 

@@ -1,7 +1,7 @@
 """Map and encode in one pass: the vendor's JSON straight to Avro binary.
 
-The same rules as `bridge.mapping` (a test checks that both give the same record for any
-input), without building the intermediate record: each field is written as it is mapped.
+The same rules as `bridge.codec.mapping` (a test checks that both give the same record for
+any input), without building the intermediate record: each field is written as it is mapped.
 Compiled once per schema: each record becomes a generated straight-line function (see
 `_generate`; its source is built from the schema alone, field names as literals).
 fastavro remains the reader, and the writer of anything else.
@@ -13,24 +13,13 @@ import struct
 from collections.abc import Callable
 from typing import Any, Final
 
-import orjson
-
-from bridge.mapping import UNMAPPED
-from bridge.schemas import Schema
+from bridge.codec.common import LONG_MAX, LONG_MIN, Coerced, Mismatch, dumps, fullname, namespace_of
+from bridge.codec.mapping import UNMAPPED
+from bridge.codec.schemas import Schema
 
 Write = Callable[[Any, bytearray], None]
-_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 _DOUBLE: Final = struct.Struct("<d").pack
 _ABSENT: Final = object()
-
-
-class _Mismatch(Exception):
-    pass
-
-
-class _Coerced(Exception):
-    def __init__(self, text: str) -> None:
-        self.text = text
 
 
 def _long(n: int, out: bytearray) -> None:
@@ -51,40 +40,36 @@ def _text(value: str, out: bytearray) -> None:
     out += data
 
 
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
 def _string(value: Any, out: bytearray) -> None:
     if type(value) is str:
         _text(value, out)
     elif type(value) is int or type(value) is float:
-        raise _Coerced(_dumps(value))
+        raise Coerced(dumps(value))
     else:
-        raise _Mismatch
+        raise Mismatch
 
 
 def _long_field(value: Any, out: bytearray) -> None:
-    if type(value) is not int or not _LONG_MIN <= value <= _LONG_MAX:
-        raise _Mismatch
+    if type(value) is not int or not LONG_MIN <= value <= LONG_MAX:
+        raise Mismatch
     _long(value, out)
 
 
 def _double(value: Any, out: bytearray) -> None:
     if type(value) is not float:
-        raise _Mismatch
+        raise Mismatch
     out += _DOUBLE(value)
 
 
 def _boolean(value: Any, out: bytearray) -> None:
     if type(value) is not bool:
-        raise _Mismatch
+        raise Mismatch
     out.append(1 if value else 0)
 
 
 def _string_map(value: Any, out: bytearray) -> None:
     if type(value) is not dict or any(type(v) is not str for v in value.values()):
-        raise _Mismatch
+        raise Mismatch
     _map_of_text(value, out)
 
 
@@ -128,13 +113,13 @@ class Writer:
         if isinstance(node, str):
             if node in _PRIMITIVES:
                 return _PRIMITIVES[node]
-            fullname = node if "." in node else f"{namespace}.{node}"
+            full = fullname(node, namespace)
             named = self._named
-            if fullname in named:  # defined earlier: use it directly
-                return named[fullname]
+            if full in named:  # defined earlier: use it directly
+                return named[full]
 
             def reference(value: Any, out: bytearray) -> None:  # resolved late: recursion
-                named[fullname](value, out)
+                named[full](value, out)
 
             self._takes_any_dict.add(reference)  # named types are records here
             return reference
@@ -152,8 +137,8 @@ class Writer:
         raise Unsupported(repr(node)[:80])
 
     def _record(self, node: dict[str, Any], namespace: str) -> Write:
-        fullname = node["name"] if "." in node["name"] else f"{namespace}.{node['name']}"
-        namespace = fullname.rpartition(".")[0]
+        full = fullname(node["name"], namespace)
+        namespace = namespace_of(full)
         # (name, writer, whether the record writes the union's branch byte itself)
         fields: list[tuple[str, Write, bool]] = []
         for field in node["fields"]:
@@ -161,13 +146,13 @@ class Writer:
                 continue
             branches = field["type"]
             if not (isinstance(branches, list) and branches[0] == "null"):
-                raise Unsupported(f"{fullname}.{field['name']} is not a nullable union")
+                raise Unsupported(f"{full}.{field['name']} is not a nullable union")
             if len(branches) == 2:
                 fields.append((field["name"], self._compile(branches[1], namespace), True))
             else:
                 fields.append((field["name"], self._compile(branches, namespace), False))
-        write = _generate(fullname, fields, self._takes_any_dict)
-        self._named[fullname] = write
+        write = _generate(full, fields, self._takes_any_dict)
+        self._named[full] = write
         self._takes_any_dict.add(write)
         return write
 
@@ -197,7 +182,7 @@ class Writer:
 
         def write(value: Any, out: bytearray) -> None:
             if type(value) is not dict:
-                raise _Mismatch
+                raise Mismatch
             kind = value.get("type")
             tag, write_record = by_type.get(kind, default) if type(kind) is str else default
             out += tag
@@ -211,14 +196,14 @@ class Writer:
 
         def write(value: Any, out: bytearray) -> None:
             if type(value) is not list:
-                raise _Mismatch
+                raise Mismatch
             if value:
                 _long(len(value), out)
                 try:
                     for element in value:
                         item(element, out)
-                except _Coerced:
-                    raise _Mismatch from None
+                except Coerced:
+                    raise Mismatch from None
             out.append(0)
 
         return write
@@ -237,21 +222,21 @@ def _field(  # noqa: PLR0913, PLR0917 - the slow path of one field, called from 
     try:
         if branch_byte:
             if value is None:
-                raise _Mismatch  # noqa: TRY301 - JSON null is kept in `unmapped`
+                raise Mismatch  # noqa: TRY301 - JSON null is kept in `unmapped`
             out.append(2)  # branch 1 of ["null", T]
         write_field(value, out)
-    except _Coerced as coerced:  # a number for a string: typed as text, kept exactly
+    except Coerced as coerced:  # a number for a string: typed as text, kept exactly
         del out[mark:]
         out.append(2)
         _text(coerced.text, out)
-    except _Mismatch:
+    except Mismatch:
         del out[mark:]
         out.append(0)
     else:
         return unmapped
     if unmapped is None:
         unmapped = {}
-    unmapped[name] = _dumps(value)
+    unmapped[name] = dumps(value)
     return unmapped
 
 
@@ -259,7 +244,7 @@ def _rest(
     obj: dict[str, Any], known: frozenset[str], unmapped: dict[str, str] | None
 ) -> dict[str, str] | None:
     """Add the members without a typed field to `unmapped`."""
-    rest = [(k, _dumps(v)) for k, v in obj.items() if k not in known]
+    rest = [(k, dumps(v)) for k, v in obj.items() if k not in known]
     if not rest:
         return unmapped
     if unmapped is None:
@@ -300,12 +285,12 @@ def _generate(
     """Compile a record writer to straight-line Python: one block per field, no loop, no
     tuple unpacking, the common case of each field inline (the hot path of the bridge)."""
     scope: dict[str, Any] = {
-        "_Mismatch": _Mismatch,
+        "_Mismatch": Mismatch,
         "_ABSENT": _ABSENT,
         "_long": _long,
         "_DOUBLE": _DOUBLE,
-        "_LONG_MIN": _LONG_MIN,
-        "_LONG_MAX": _LONG_MAX,
+        "_LONG_MIN": LONG_MIN,
+        "_LONG_MAX": LONG_MAX,
         "_PRESENT_TEXT": _PRESENT_TEXT,
         "_field": _field,
         "_rest": _rest,

@@ -13,8 +13,8 @@ from typing import Any, Final, cast
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from bridge.errors import InvalidNotification
-from bridge.schemas import Schema
+from bridge.codec.schemas import Schema
+from bridge.errors import UndecodableRecord
 
 MAGIC: Final = b"\xc3\x01"
 HEADER_SIZE: Final = len(MAGIC) + 8
@@ -39,14 +39,17 @@ class Codec:
         ids: dict[str, int] | None = None,
     ) -> None:
         self._current = current
-        if ids is None:
-            self._prefix = {kind: MAGIC + s.fingerprint for kind, s in current.items()}
-        else:
-            self._prefix = {
-                kind: CONFLUENT_MAGIC + ids[kind].to_bytes(4, "big") for kind in current
-            }
+        self._prefix = {kind: MAGIC + s.fingerprint for kind, s in current.items()}
         self._by_fingerprint = {s.fingerprint: s for s in (*known, *current.values())}
-        self._by_id = {ids[kind]: current[kind] for kind in current} if ids else {}
+        self._by_id: dict[int, Schema] = {}
+        if ids is not None:
+            self.use_ids(ids)
+
+    def use_ids(self, ids: dict[str, int]) -> None:
+        """Write in the Confluent wire format, with the registry's id of each type's schema."""
+        current = self._current
+        self._prefix = {kind: CONFLUENT_MAGIC + ids[kind].to_bytes(4, "big") for kind in current}
+        self._by_id.update({ids[kind]: current[kind] for kind in current})
 
     def learn(self, schema_id: int, schema: Schema) -> None:
         """A writer schema fetched from the registry by id."""
@@ -69,19 +72,19 @@ class Codec:
         return self._prefix[kind] + body
 
     def decode(self, value: bytes) -> tuple[Schema, dict[str, Any]]:
-        """The writer schema and the record. Raises InvalidNotification for foreign bytes."""
+        """The writer schema and the record. Raises UndecodableRecord for foreign bytes."""
         if value[:2] == MAGIC and len(value) >= HEADER_SIZE:
             schema = self._by_fingerprint.get(value[2:HEADER_SIZE])
             if schema is None:
-                raise InvalidNotification("unknown-schema", value[2:HEADER_SIZE].hex())
+                raise UndecodableRecord("unknown-schema", value[2:HEADER_SIZE].hex())
             body = value[HEADER_SIZE:]
         elif (schema_id := confluent_id(value)) is not None:
             schema = self._by_id.get(schema_id)
             if schema is None:
-                raise InvalidNotification("unknown-schema-id", str(schema_id))
+                raise UndecodableRecord("unknown-schema-id", str(schema_id))
             body = value[CONFLUENT_HEADER_SIZE:]
         else:
-            raise InvalidNotification("not-avro", "neither single-object nor Confluent framing")
+            raise UndecodableRecord("not-avro", "neither single-object nor Confluent framing")
         record = schemaless_reader(
             io.BytesIO(body),
             schema.parsed,

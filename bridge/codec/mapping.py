@@ -23,23 +23,12 @@ from typing import Any, Final
 
 import orjson
 
-from bridge.schemas import Schema
+from bridge.codec.common import LONG_MAX, LONG_MIN, Coerced, Mismatch, dumps, fullname, namespace_of
+from bridge.codec.schemas import Schema
 
 UNMAPPED: Final = "unmapped"
-_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 Convert = Callable[[Any], Any]
-
-
-class _Mismatch(Exception):
-    """The value does not fit the typed field."""
-
-
-class _Coerced(Exception):
-    """The value fits after a conversion; the original is kept in `unmapped` too."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
 
 
 class Mapper:
@@ -57,10 +46,6 @@ class Mapper:
     def to_notification(self, record: dict[str, Any]) -> dict[str, Any]:
         notification: dict[str, Any] = self._back(record)
         return notification
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
 
 
 class _Compiler:
@@ -87,22 +72,22 @@ class _Compiler:
         primitive = _PRIMITIVE_CONVERTERS.get(name)
         if primitive is not None:
             return primitive, _identity
-        fullname = name if "." in name else f"{namespace}.{name}"
+        full = fullname(name, namespace)
         # Looked up at call time, so recursive types (a message replying to a message) work.
         named = self._named
 
         def to(value: Any) -> Any:
-            return named[fullname][0](value)
+            return named[full][0](value)
 
         def back(value: Any) -> Any:
-            return named[fullname][1](value)
+            return named[full][1](value)
 
         return to, back
 
     def _record(self, node: dict[str, Any], namespace: str) -> tuple[Convert, Convert]:
-        fullname = node["name"] if "." in node["name"] else f"{namespace}.{node['name']}"
-        namespace = fullname.rpartition(".")[0]
-        self._named[fullname] = (_unresolved, _unresolved)
+        full = fullname(node["name"], namespace)
+        namespace = namespace_of(full)
+        self._named[full] = (_unresolved, _unresolved)
         fields = {
             f["name"]: self.compile(f["type"], namespace)
             for f in node["fields"]
@@ -112,7 +97,7 @@ class _Compiler:
             {name: to for name, (to, _) in fields.items()},
             tuple((name, back) for name, (_, back) in fields.items()),
         )
-        self._named[fullname] = pair
+        self._named[full] = pair
         return pair
 
     def _union(self, branches: list[Any], namespace: str) -> tuple[Convert, Convert]:
@@ -145,7 +130,7 @@ class _Compiler:
         for branch in branches:
             if not (isinstance(branch, dict) and branch.get("type") == "record"):
                 raise TypeError("only unions of records (with x-types) are supported")
-            name = branch["name"] if "." in branch["name"] else f"{namespace}.{branch['name']}"
+            name = fullname(branch["name"], namespace)
             branch_to, back_by_name[name] = self.compile(branch, namespace)
             by_fields.setdefault(frozenset(f["name"] for f in branch["fields"]), []).append(name)
             for tag in branch["x-types"]:
@@ -162,7 +147,7 @@ class _Compiler:
 
         def to(obj: Any) -> tuple[str, dict[str, Any]]:
             if type(obj) is not dict:
-                raise _Mismatch
+                raise Mismatch
             name, convert = pick(obj.get("type"))
             return name, convert(obj)
 
@@ -174,7 +159,7 @@ class _Compiler:
 
         def to(obj: Any) -> dict[str, str]:
             if type(obj) is not dict or any(type(v) is not str for v in obj.values()):
-                raise _Mismatch
+                raise Mismatch
             return obj
 
         return to, _identity
@@ -184,11 +169,11 @@ class _Compiler:
 
         def to(items: Any) -> list[Any]:
             if type(items) is not list:
-                raise _Mismatch
+                raise Mismatch
             try:
                 return [item_to(item) for item in items]
-            except _Coerced:
-                raise _Mismatch from None
+            except Coerced:
+                raise Mismatch from None
 
         def back(items: list[Any]) -> list[Any]:
             return [item_back(item) for item in items]
@@ -201,21 +186,21 @@ def _record_converters(  # noqa: C901 - one flat loop: this is the hot path
 ) -> tuple[Convert, Convert]:
     def to(obj: Any) -> dict[str, Any]:
         if type(obj) is not dict:
-            raise _Mismatch
+            raise Mismatch
         out: dict[str, Any] = {}
         unmapped: dict[str, str] = {}
         for key, value in obj.items():
             convert = to_fields.get(key)
             if convert is None:
-                unmapped[key] = _dumps(value)
+                unmapped[key] = dumps(value)
                 continue
             try:
                 out[key] = convert(value)
-            except _Coerced as coerced:
-                out[key] = coerced.value
-                unmapped[key] = _dumps(value)
-            except _Mismatch:
-                unmapped[key] = _dumps(value)
+            except Coerced as coerced:
+                out[key] = coerced.text
+                unmapped[key] = dumps(value)
+            except Mismatch:
+                unmapped[key] = dumps(value)
         out[UNMAPPED] = unmapped
         return out
 
@@ -266,7 +251,7 @@ def _branch_name(schema: Any, namespace: str) -> str | None:
         name = schema
     else:
         return None
-    return name if "." in name else f"{namespace}.{name}"
+    return fullname(name, namespace)
 
 
 def _identity(value: Any) -> Any:
@@ -281,26 +266,26 @@ def _to_string(value: Any) -> str:
     if type(value) is str:
         return value
     if type(value) is int or type(value) is float:
-        raise _Coerced(_dumps(value))
-    raise _Mismatch
+        raise Coerced(dumps(value))
+    raise Mismatch
 
 
 def _to_long(value: Any) -> int:
-    if type(value) is int and _LONG_MIN <= value <= _LONG_MAX:
+    if type(value) is int and LONG_MIN <= value <= LONG_MAX:
         return value
-    raise _Mismatch
+    raise Mismatch
 
 
 def _to_double(value: Any) -> float:
     if type(value) is float:
         return value
-    raise _Mismatch
+    raise Mismatch
 
 
 def _to_boolean(value: Any) -> bool:
     if type(value) is bool:
         return value
-    raise _Mismatch
+    raise Mismatch
 
 
 _PRIMITIVE_CONVERTERS: Final[dict[str, Convert]] = {

@@ -11,6 +11,7 @@ import orjson
 from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from bridge.codec.common import PRIMITIVES, fullname
 from bridge.errors import ConfigError
 
 NAMESPACE: Final = "airudder"
@@ -20,9 +21,6 @@ RECORD_NAMES: Final = {
     "waba_template": "airudder.WabaTemplateNotification",
     "chatbot": "airudder.ChatbotNotification",
 }
-_PRIMITIVES: Final = frozenset(
-    {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
-)
 
 
 @dataclass(frozen=True)
@@ -41,8 +39,9 @@ class Schema:
 
 
 def default_schema_dir() -> Path:
-    packaged = Path(__file__).parent / "avro"  # inside an installed wheel
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "avro"
+    package = Path(__file__).resolve().parent.parent
+    packaged = package / "avro"  # inside an installed wheel (pyproject's force-include)
+    return packaged if packaged.is_dir() else package.parent / "avro"
 
 
 def read_definitions(directory: Path) -> dict[str, dict[str, Any]]:
@@ -53,7 +52,7 @@ def read_definitions(directory: Path) -> dict[str, dict[str, Any]]:
             definition = orjson.loads(path.read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read schema {path}: {exc}") from exc
-        name = _fullname(definition["name"], definition.get("namespace", NAMESPACE))
+        name = fullname(definition["name"], definition.get("namespace", NAMESPACE))
         if path.stem != name:
             raise ConfigError(f"schema {path} defines {name}; name the file {name}.avsc")
         definitions[name] = definition
@@ -71,7 +70,7 @@ def from_definition(expanded: dict[str, Any]) -> Schema:
     """A self-contained schema (as in avro/history/ or from a registry), fingerprinted."""
     canonical = to_parsing_canonical_form(expanded)
     return Schema(
-        fullname=_fullname(expanded["name"], expanded.get("namespace", NAMESPACE)),
+        fullname=fullname(expanded["name"], expanded.get("namespace", NAMESPACE)),
         definition=expanded,
         parsed=cast("dict[str, Any]", parse_schema(copy.deepcopy(expanded))),
         canonical=canonical,
@@ -108,17 +107,13 @@ def text(schema: Schema) -> str:
     return orjson.dumps(schema.definition).decode()
 
 
-def _fullname(name: str, namespace: str) -> str:
-    return name if "." in name else f"{namespace}.{name}"
-
-
 def _expand(node: Any, definitions: dict[str, Any], defined: set[str], namespace: str) -> Any:
     """Inline the first use of each named type that lives in another file; later uses stay
     references, as Avro requires each name to be defined once."""
     if isinstance(node, str):
-        if node in _PRIMITIVES:
+        if node in PRIMITIVES:
             return node
-        name = _fullname(node, namespace)
+        name = fullname(node, namespace)
         if name in defined or name not in definitions:
             return name
         return _expand(definitions[name], definitions, defined, namespace)
@@ -136,7 +131,7 @@ def _expand_complex(
     kind = node.get("type")
     if kind in {"record", "enum", "fixed"}:
         namespace = node.get("namespace", namespace)
-        out["name"] = _fullname(node["name"], namespace)
+        out["name"] = fullname(node["name"], namespace)
         out.pop("namespace", None)
         defined.add(out["name"])
     if kind == "record":

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal
 
+from bridge.codec.common import PRIMITIVES
+
 Level = Literal["BACKWARD", "FORWARD", "FULL", "NONE"]
 LEVELS: Final = ("BACKWARD", "FORWARD", "FULL", "NONE")
 
@@ -22,9 +24,6 @@ _PROMOTIONS: Final = {
     "string": {"string", "bytes"},
     "bytes": {"bytes", "string"},
 }
-_PRIMITIVES: Final = frozenset(
-    {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
-)
 
 
 def problems(new: dict[str, Any], old: dict[str, Any], level: str) -> list[str]:
@@ -72,8 +71,8 @@ class _Resolver:
                 else [f"{where}: no branch of {_name(reader)} reads {_name(writer)}"]
             )
         r_type, w_type = _type(reader), _type(writer)
-        if r_type in _PRIMITIVES or w_type in _PRIMITIVES:
-            if w_type in _PRIMITIVES and r_type in _PROMOTIONS.get(w_type, {w_type}):
+        if r_type in PRIMITIVES or w_type in PRIMITIVES:
+            if w_type in PRIMITIVES and r_type in _PROMOTIONS.get(w_type, {w_type}):
                 return []
             return [f"{where}: {_name(writer)} cannot be read as {_name(reader)}"]
         if r_type != w_type:
@@ -122,7 +121,7 @@ class _Resolver:
 
     @staticmethod
     def _resolve(schema: Any, names: dict[str, Any]) -> Any:
-        if isinstance(schema, str) and schema not in _PRIMITIVES:
+        if isinstance(schema, str) and schema not in PRIMITIVES:
             return names.get(schema, schema)
         if (
             isinstance(schema, dict)

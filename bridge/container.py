@@ -1,0 +1,109 @@
+"""The composition root: every long-lived part of the service, built once and handed its
+collaborators; started in order and stopped in reverse, each stop bounded in time.
+
+    spool  <- dedup (its event ids persist in the spool's file)
+    codec  <- registry ids (resolved at start)
+    publisher, registry, spool, dedup, codec, metrics -> pipeline
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from bridge.codec.encode import Codec
+from bridge.codec.schemas import load_schemas
+from bridge.dedup import Deduplicator
+from bridge.errors import BridgeError
+from bridge.metrics import Metrics
+from bridge.pipeline import Pipeline
+from bridge.publish import KafkaPublisher, Publisher
+from bridge.registry import SchemaRegistry, resolve_ids
+from bridge.settings import Settings
+from bridge.spool import Spool
+
+lifecycle = logging.getLogger("bridge.lifecycle")
+
+
+class Container:
+    def __init__(self, settings: Settings, publisher: Publisher | None = None) -> None:
+        self.settings = settings
+        self.schemas = load_schemas()
+        self.codec = Codec(self.schemas)
+        self.spool = (
+            Spool(settings.spool_dir, settings.spool_max_bytes)
+            if settings.spool_dir is not None
+            else None
+        )
+        self.dedup = Deduplicator(settings.dedup_window, settings.dedup_max_entries, self.spool)
+        self.publisher = publisher or KafkaPublisher(settings)
+        self.registry = SchemaRegistry(settings) if settings.schema_registry_url else None
+        self.metrics = Metrics()
+        self.pipeline = Pipeline(
+            settings,
+            self.publisher,
+            schemas=self.schemas,
+            codec=self.codec,
+            spool=self.spool,
+            dedup=self.dedup,
+            registry=self.registry,
+            metrics=self.metrics,
+        )
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Open the spool and read back its event ids, resolve the schema ids, connect to
+        Kafka, start draining the spool. On failure, what was opened is closed again."""
+        try:
+            if self.spool is not None:
+                await self._open_spool(self.spool)
+                remembered = await self.dedup.load()
+                lifecycle.info("%d event ids remembered: their retries are dropped", remembered)
+            if self.registry is not None:
+                self.codec.use_ids(await resolve_ids(self.registry, self.settings, self.schemas))
+            await self.publisher.start()
+        except BaseException:
+            if self.registry is not None:
+                await self.registry.close()
+            if self.spool is not None:
+                await self.spool.close()
+            raise
+        self._drainer = asyncio.create_task(self.pipeline.drain_forever(), name="spool-drain")
+
+    @staticmethod
+    async def _open_spool(spool: Spool) -> None:
+        report = await spool.open()
+        for problem in report.problems:
+            lifecycle.error("%s", problem)
+        if report.salvaged_from is not None:
+            lifecycle.error(
+                "damaged spool moved to %s: %d entries kept, %d lost",
+                report.salvaged_from,
+                report.entries,
+                report.lost,
+            )
+        lifecycle.info(
+            "spool %s: %d entries waiting, %d in quarantine",
+            spool.path,
+            spool.depth,
+            report.quarantined,
+        )
+
+    async def stop(self) -> None:
+        # uvicorn has already stopped taking requests and waited for those in flight; whatever
+        # Kafka did not acknowledge is in the spool, so nothing here may wait without bound.
+        budget = self.settings.shutdown_timeout
+        if self._drainer is not None:
+            self._drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._drainer
+        with contextlib.suppress(BridgeError):
+            await self.dedup.flush()
+        await self.publisher.stop(timeout=budget / 2)
+        if self.registry is not None:
+            await self.registry.close()
+        if self.spool is not None:
+            lifecycle.info("stopping with %d entries in the spool", self.spool.depth)
+            await self.spool.close()

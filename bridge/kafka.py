@@ -1,0 +1,104 @@
+"""What every Kafka client of bridge shares: the connection options, and reading topics from
+a chosen start until nothing new comes (end offsets are not trusted: some brokers misreport
+them after a multi-record batch)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.helpers import create_ssl_context
+
+from bridge.settings import Settings
+
+POLL_MS = 200  # each poll waits at most this long, so an idle deadline is checked as often
+
+
+def kafka_options(s: Settings) -> dict[str, Any]:
+    """Connection and security options shared by every Kafka client of bridge."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": s.bootstrap_servers,
+        "client_id": s.kafka_client_id,
+        "security_protocol": s.kafka_security_protocol,
+    }
+    if s.kafka_security_protocol in {"SSL", "SASL_SSL"}:
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None,
+            certfile=str(s.kafka_ssl_certfile) if s.kafka_ssl_certfile else None,
+            keyfile=str(s.kafka_ssl_keyfile) if s.kafka_ssl_keyfile else None,
+        )
+    if s.kafka_sasl_mechanism:
+        options["sasl_mechanism"] = s.kafka_sasl_mechanism
+        options["sasl_plain_username"] = s.kafka_sasl_username
+        options["sasl_plain_password"] = s.kafka_sasl_password.get_secret_value()
+    return options
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A consumer assigned to every partition of the topics that exist."""
+
+    consumer: AIOKafkaConsumer
+    partitions: list[TopicPartition]
+    missing: list[str]  # topics asked for that the broker does not have (yet)
+
+    async def records(self, idle: float | None) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+        """The records as they come, until none came for `idle` seconds (None: forever)."""
+        if not self.partitions:
+            return
+        last = time.monotonic()
+        while idle is None or time.monotonic() - last < idle:
+            batch = await self.consumer.getmany(timeout_ms=POLL_MS)
+            for messages in batch.values():
+                for message in messages:
+                    yield message
+            if batch:
+                last = time.monotonic()
+
+
+@contextlib.asynccontextmanager
+async def reading(
+    source: Settings | Mapping[str, Any],
+    topics: Iterable[str],
+    *,
+    from_beginning: bool = True,
+    client_id: str | None = None,
+) -> AsyncIterator[Reading]:
+    """Read `topics` without a consumer group (assigned partitions start at once and never
+    move committed offsets), from the oldest record or from the end. `source` is the
+    settings, or client options as `kafka_options` gives them (`{"bootstrap_servers": ...}`)."""
+    options = dict(kafka_options(source) if isinstance(source, Settings) else source)
+    if client_id is not None:
+        options["client_id"] = client_id
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        available = await consumer.topics()
+        wanted = list(topics)
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in wanted
+            if topic in available
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if partitions:
+            consumer.assign(partitions)
+            if from_beginning:
+                await consumer.seek_to_beginning(*partitions)
+            else:
+                await consumer.seek_to_end(*partitions)
+        yield Reading(consumer, partitions, [t for t in wanted if t not in available])
+    finally:
+        await consumer.stop()
+
+
+async def consume_until_idle(
+    source: Settings | Mapping[str, Any], topics: Iterable[str], idle: float = 1.5
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record in `topics`, from the beginning until nothing new comes for `idle` s."""
+    async with reading(source, topics) as read:
+        return [record async for record in read.records(idle)]
