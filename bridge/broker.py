@@ -294,8 +294,9 @@ class KafkaSecurity:
     tls: bool = False  # listener SSL: TLS, no client certificate
     mutual_tls: bool = False  # listener MTLS: TLS with ssl.client.auth=required
     # When set, Kafka's StandardAuthorizer is on and these principals ("User:alice") may do
-    # anything; everyone else needs ACLs. The PLAINTEXT listener's User:ANONYMOUS is always a
-    # super user, so the brokers and the tests' admin keep working.
+    # anything; everyone else needs ACLs. User:ANONYMOUS is always a super user, so the brokers
+    # and the tests' admin keep working on PLAINTEXT: ACLs hold on SASL_SSL (User:<name>) and
+    # MTLS (User:<certificate CN>), not on PLAINTEXT or SSL, where every client is anonymous.
     super_users: tuple[str, ...] | None = None
 
     def listeners(self) -> dict[str, str]:
@@ -308,8 +309,18 @@ class KafkaSecurity:
         return names
 
     def keystore(self) -> str:
-        """The PEM key store Kafka reads: the key, then the chain."""
-        return self.private_key.read_text() + self.certificate.read_text()
+        """The PEM key store Kafka reads: the key, as PKCS#8 (the only form Kafka reads; trustme
+        writes the traditional one), then the chain."""
+        key = self.private_key.read_bytes()
+        if b"-----BEGIN PRIVATE KEY-----" not in key:
+            from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - tests only
+
+            key = serialization.load_pem_private_key(key, password=None).private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        return key.decode() + self.certificate.read_text()
 
     def properties(self, keystore: Path) -> dict[str, str]:
         config: dict[str, str] = {}
