@@ -115,13 +115,17 @@ def pretty(doc: dict[str, Any]) -> str:
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topics: list[str]) -> list[TopicPartition]:
-    available = await consumer.topics()
+    # The metadata of every topic, kept: `consumer.topics()` fetches the same and drops it,
+    # and `consumer.partitions_for_topic` knows only the topics a consumer tracks, none here
+    # (Tansu answers a metadata request for no topic with all of them, which hid this).
+    cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+    available = cluster.topics()
     partitions: list[TopicPartition] = []
     for topic in topics:
         if topic not in available:
             print(f"bridge tail: topic {topic} does not exist (yet)", file=sys.stderr)
             continue
-        ids = consumer.partitions_for_topic(topic) or set()
+        ids = cluster.partitions_for_topic(topic) or set()
         partitions.extend(TopicPartition(topic, p) for p in sorted(ids))
     return partitions
 
