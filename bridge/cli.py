@@ -32,6 +32,7 @@ from bridge.auth import require_credentials
 from bridge.broker import EmbeddedBroker, create_topics, free_port
 from bridge.compat import LEVELS
 from bridge.errors import BridgeError, ConfigError
+from bridge.kafka_check import check_connection
 from bridge.logs import configure_logging, dict_config
 from bridge.metrics import MULTIPROCESS_DIR
 from bridge.parse import TYPES
@@ -181,6 +182,8 @@ async def _preflight(settings: Settings) -> None:
             await resolve_ids(registry, settings, load_schemas())
         finally:
             await registry.close()
+    # First a connection of our own: a refusal (credentials, certificates) names its setting.
+    await check_connection(settings)
     publisher = KafkaPublisher(settings)
     await publisher.start()
     await publisher.stop(timeout=5.0)

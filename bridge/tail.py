@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from bridge.encode import Codec, confluent_id
 from bridge.errors import InvalidNotification
+from bridge.kafka_check import check_connection
 from bridge.mapping import Mapper
 from bridge.publish import kafka_options
 from bridge.registry import RegistryError, SchemaRegistry
@@ -132,6 +133,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topics: list[str]) -> list[Top
 
 async def tail(settings: Settings, options: TailOptions, out: IO[str] = sys.stdout) -> int:
     """Print the records; return how many were printed."""
+    await check_connection(settings)  # a refusal in one line naming its setting
     registry = SchemaRegistry(settings) if settings.schema_registry_url else None
     decoder = Decoder(registry=registry)
     consumer = AIOKafkaConsumer(
