@@ -15,6 +15,7 @@ from bridge.auth import require_credentials
 from bridge.codec.compat import LEVELS
 from bridge.codec.schemas import load_schemas
 from bridge.errors import BridgeError, ConfigError
+from bridge.kafka_check import check_connection
 from bridge.logs import configure_logging
 from bridge.parse import TYPES
 from bridge.publish import KafkaPublisher
@@ -165,6 +166,8 @@ async def _preflight(settings: Settings) -> None:
             await resolve_ids(registry, settings, load_schemas())
         finally:
             await registry.close()
+    # First a connection of our own: a refusal (credentials, certificates) names its setting.
+    await check_connection(settings)
     publisher = KafkaPublisher(settings)
     await publisher.start()
     await publisher.stop(timeout=5.0)

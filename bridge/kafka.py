@@ -77,13 +77,17 @@ async def reading(
     consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        available = await consumer.topics()
+        # The metadata of every topic, kept: `consumer.topics()` fetches the same and drops it,
+        # and `consumer.partitions_for_topic` knows only the topics a consumer tracks, none here
+        # (Tansu answers a metadata request for no topic with all of them, which hid this).
+        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+        available = cluster.topics()
         wanted = list(topics)
         partitions = [
             TopicPartition(topic, p)
             for topic in wanted
             if topic in available
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
+            for p in sorted(cluster.partitions_for_topic(topic) or ())
         ]
         if partitions:
             consumer.assign(partitions)

@@ -16,6 +16,7 @@ from bridge.codec.mapping import Mapper
 from bridge.codec.schemas import Schema, load_history, load_schemas
 from bridge.errors import RegistryError, UndecodableRecord
 from bridge.kafka import reading
+from bridge.kafka_check import check_connection
 from bridge.registry import SchemaRegistry
 from bridge.routing import DLQ, topic_for
 from bridge.settings import Settings
@@ -115,6 +116,7 @@ def pretty(doc: dict[str, Any]) -> str:
 
 async def tail(settings: Settings, options: TailOptions, out: IO[str] = sys.stdout) -> int:
     """Print the records; return how many were printed."""
+    await check_connection(settings)  # a refusal in one line naming its setting
     registry = SchemaRegistry(settings) if settings.schema_registry_url else None
     decoder = Decoder(registry=registry)
     topics = [topic_for(settings.topic_prefix, kind) for kind in options.types]
