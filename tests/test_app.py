@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,23 +13,12 @@ from starlette.testclient import TestClient
 from bridge.app import WEBHOOK_PATH, create_app
 from bridge.encode import Codec
 from bridge.mapping import Mapper
-from bridge.publish import Delivery, MemoryPublisher
-from bridge.routing import Headers
+from bridge.publish import MemoryPublisher
 from bridge.schemas import load_schemas
 from bridge.settings import load_settings
-from tests.conftest import sample, sample_bytes
+from tests.helpers import StalledPublisher, sample, sample_bytes
 
 SCHEMAS = load_schemas()
-
-
-class StalledPublisher(MemoryPublisher):
-    """A broker that never acknowledges."""
-
-    async def publish(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
-    ) -> Delivery:
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from bridge.encode import MAGIC, Codec
 from bridge.errors import InvalidNotification
 from bridge.mapping import Mapper
 from bridge.schemas import load_schemas
-from tests.conftest import sample
+from tests.helpers import sample
 
 SCHEMAS = load_schemas()
 

@@ -21,7 +21,7 @@ from bridge.registry import CONTENT_TYPE, SchemaRegistry, subject_for, subjects
 from bridge.schemas import load_schemas
 from bridge.settings import Settings, load_settings
 from bridge.tail import Decoder
-from tests.conftest import RunningRegistry, consume, sample, sample_bytes
+from tests.helpers import Broker, RunningRegistry, sample, sample_bytes
 
 SCHEMAS = load_schemas()
 
@@ -140,11 +140,11 @@ def test_in_lookup_mode_an_unregistered_schema_refuses_the_start(
 
 
 async def test_kafka_end_to_end_with_a_registry(
-    kafka_settings: Settings, schema_registry: RunningRegistry
+    kafka_settings: Settings, schema_registry: RunningRegistry, broker: Broker
 ) -> None:
     import httpx2  # noqa: PLC0415
 
-    from tests.conftest import run_server  # noqa: PLC0415
+    from tests.helpers import run_server  # noqa: PLC0415
 
     settings = kafka_settings.model_copy(
         update={"schema_registry_url": schema_registry.url, "schema_registration": "auto"}
@@ -158,7 +158,7 @@ async def test_kafka_end_to_end_with_a_registry(
     finally:
         with pytest.raises(StopIteration):
             next(servers)
-    [record] = await consume(settings.kafka_bootstrap_servers, [f"{settings.topic_prefix}chatbot"])
+    [record] = await broker.consume([f"{settings.topic_prefix}chatbot"])
     subject = f"{settings.topic_prefix}chatbot-value"
     assert confluent_id(record.value) == schema_registry.state.subjects[subject][-1]
     registry = SchemaRegistry(settings)

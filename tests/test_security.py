@@ -20,7 +20,7 @@ from bridge.broker import free_port
 from bridge.errors import ConfigError
 from bridge.publish import MemoryPublisher, kafka_options
 from bridge.settings import load_settings
-from tests.conftest import run_server, sample_bytes
+from tests.helpers import run_server, sample_bytes
 
 TOKEN = "s3cret-token-AbCdEf0123456789"
 
