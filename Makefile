@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint format docs bench clean
+.PHONY: install run test kafka lint format docs bench clean
 
 install: $(STAMP)  ## create .venv and install bridge with its development tools
 
@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 run: install  ## start the embedded broker and the bridge; Ctrl-C stops both
 	$(BIN)/bridge dev
 
-test: install lint  ## the whole suite: unit, integration and fault tests against the real broker
+test: install lint kafka  ## the whole suite: unit, integration and fault tests on both brokers
 	$(BIN)/pytest
+
+kafka: install  ## fetch Apache Kafka's broker with Maven (once per version, into ~/.cache/bridge)
+	$(BIN)/python scripts/fetch_kafka.py
 
 lint: install
 	$(BIN)/ruff check .

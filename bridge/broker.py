@@ -164,6 +164,28 @@ async def create_topics(
     for topic, code, message in response.topic_errors:
         if code not in {0, TopicAlreadyExistsError.errno}:
             raise BrokerUnavailable(f"cannot create topic {topic}: error {code} {message}")
+    # Apache Kafka answers once the controller has the topics; the brokers learn of them a
+    # moment later. Wait until they are served with a leader for every partition.
+    deadline = time.monotonic() + 15
+    while not _served(await _metadata(bootstrap_servers, topics), len(topics)):
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(
+                f"topics {topics} created but not served by {bootstrap_servers}"
+            )
+        await asyncio.sleep(0.05)
+
+
+def _served(metadata: dict[str, Any] | None, count: int) -> bool:
+    return (
+        metadata is not None
+        and len(metadata["topics"]) == count
+        and all(
+            not t["error_code"]
+            and t["partitions"]
+            and all(p["leader"] >= 0 for p in t["partitions"])
+            for t in metadata["topics"]
+        )
+    )
 
 
 # --- Apache Kafka ---------------------------------------------------------------------------
@@ -759,7 +781,7 @@ class KafkaCluster:
         """Leader, replicas and in-sync replicas of each partition of `topic`, as the cluster's
         metadata says now."""
         running = [node.bootstrap() for node in self.brokers if node.running]
-        return _partitions(",".join(running), topic)
+        return describe_partitions(",".join(running), topic)
 
     def leader(self, topic: str, partition: int) -> int:
         """The node id leading `partition` of `topic`, -1 when it has none."""
@@ -814,7 +836,9 @@ async def _metadata(bootstrap_servers: str, topics: list[str]) -> dict[str, Any]
     return None
 
 
-def _partitions(bootstrap_servers: str, topic: str) -> list[PartitionState]:
+def describe_partitions(bootstrap_servers: str, topic: str) -> list[PartitionState]:
+    """Leader, replicas and in-sync replicas of each partition of `topic`, from the first of
+    `bootstrap_servers` that answers (sync; callable inside a running event loop)."""
     metadata = _blocking(_metadata(bootstrap_servers, [topic]))
     if metadata is None:
         raise BrokerUnavailable(f"no broker of {bootstrap_servers} answers")

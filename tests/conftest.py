@@ -1,66 +1,139 @@
+"""Fixtures. The helpers they use, and that tests import, are in tests/helpers.py.
+
+One suite, two brokers (as faststream runs one suite against several): every test that takes
+`broker` (or `kafka_settings`, `server`) runs once on Tansu and once on Apache Kafka, ids
+`tansu` and `kafka`. Tansu's quirks are worked around in `tansu_broker` alone; Apache Kafka
+runs as in production (idempotent producer, no topic created on first use). Tests of what
+only Apache Kafka has (replication, SASL, TLS, ACLs) take `kafka_broker` or `kafka_cluster`
+and are marked `apache`.
+"""
+
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import os
-import threading
-import time
 import uuid
-from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
-import orjson
 import pytest
 import uvicorn
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from bridge.app import create_app
-from bridge.broker import EmbeddedBroker, create_topics, free_port
-from bridge.publish import Publisher
+from bridge.broker import EmbeddedBroker, KafkaCluster, create_topics, free_port, kafka_missing
 from bridge.routing import all_topics
 from bridge.settings import Settings, load_settings
-from bridge.supervisor import server_config
+from tests.helpers import (
+    Broker,
+    RunningRegistry,
+    RunningServer,
+    run_server,
+    run_sync,
+    serve_in_thread,
+)
 from tests.registry_double import Registry
 
-T = TypeVar("T")
-SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "notifications"
+BROKER_FIXTURES = {"broker", "kafka_settings", "server"}
+APACHE_FIXTURES = {"kafka_broker", "kafka_cluster"}
 
 
 @pytest.fixture(autouse=True)
-def _open_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    # In-process apps in tests serve without a token unless a test sets one; the processes
-    # started by tests get their environment explicitly, with a token.
+def _hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In-process settings read BRIDGE_* from the environment: whatever the developer exported
+    # must not change a test. In-process apps serve without a token unless a test sets one;
+    # the processes started by tests get their environment explicitly, with a token.
+    for name in [name for name in os.environ if name.startswith("BRIDGE_")]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("BRIDGE_ALLOW_UNAUTHENTICATED", "true")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Any test that needs the real broker is marked `kafka`, so `-m "not kafka"` runs the rest.
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A test marked `one_broker` uses a broker without being about it: Tansu alone, which
+    # every machine has.
+    kept = [item for item in items if not _on_another_broker(item)]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+    # `-m "not kafka"` runs what needs no broker; `-m apache` what needs Apache Kafka itself.
     for item in items:
-        if {"broker", "kafka_settings"} & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & (BROKER_FIXTURES | APACHE_FIXTURES):
             item.add_marker(pytest.mark.kafka)
+        if fixtures & APACHE_FIXTURES:
+            item.add_marker(pytest.mark.apache)
 
 
-def sample(kind: str = "call") -> dict[str, Any]:
-    data: dict[str, Any] = orjson.loads((SAMPLES / f"{kind}.json").read_bytes())
-    return data
+def _on_another_broker(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return (
+        item.get_closest_marker("one_broker") is not None
+        and callspec is not None
+        and callspec.params.get("broker", "tansu") != "tansu"
+    )
 
 
-def sample_bytes(kind: str = "call") -> bytes:
-    return (SAMPLES / f"{kind}.json").read_bytes()
+def require_apache_kafka() -> None:
+    """Skip (on a developer's machine) or fail (under CI) in one line when this machine cannot
+    run Apache Kafka."""
+    missing = kafka_missing()
+    if missing is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the Apache Kafka tests, but {missing}", pytrace=False)
+    pytest.skip(f"Apache Kafka tests need Java and Maven: {missing}")
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
-    """One real broker (Tansu) for the session, on a free loopback port."""
+def tansu_broker() -> Iterator[Broker]:
+    """Tansu (the embedded development broker) on a free loopback port."""
     embedded = EmbeddedBroker()
     try:
         embedded.start()
     except Exception as exc:  # noqa: BLE001
         pytest.exit(f"cannot start the embedded broker: {exc}", returncode=3)
-    yield embedded
+    # Tansu's quirks, here alone: no InitProducerId (idempotence off), end offsets it can
+    # misreport (read until idle), topics it creates on first use (nothing to do).
+    yield Broker(
+        "tansu",
+        embedded.bootstrap_servers,
+        idempotence=False,
+        end_offsets_trusted=False,
+        another=EmbeddedBroker,
+    )
     embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[Broker]:
+    """Apache Kafka, one combined broker+controller node, as production runs it."""
+    require_apache_kafka()
+    with KafkaCluster(1) as cluster:
+        yield Broker("kafka", cluster.bootstrap_servers, cluster=cluster)
+
+
+@pytest.fixture(scope="session", params=["tansu", "kafka"])
+def broker(request: pytest.FixtureRequest) -> Broker:
+    """The broker under test: every test that takes it runs on both."""
+    found: Broker = request.getfixturevalue(f"{request.param}_broker")
+    return found
+
+
+@pytest.fixture(scope="session")
+def _kafka_cluster() -> Iterator[KafkaCluster]:
+    require_apache_kafka()
+    with KafkaCluster(3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def kafka_cluster(_kafka_cluster: KafkaCluster) -> Iterator[KafkaCluster]:
+    """Three Apache Kafka brokers beside a controller (replication factor 3,
+    min.insync.replicas=2), shared by the session: a test may kill or stop nodes; they are
+    started again after it."""
+    yield _kafka_cluster
+    down = [node for node in _kafka_cluster.nodes.values() if not node.running]
+    for node in sorted(down, key=lambda node: node.is_broker):  # the controller first
+        _kafka_cluster.start_node(node.node_id)
+    if down:
+        _kafka_cluster.wait_ready()
 
 
 @pytest.fixture
@@ -70,75 +143,22 @@ def topic_prefix() -> str:
 
 
 @pytest.fixture
-def kafka_settings(broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path) -> Settings:
+def kafka_settings(broker: Broker, topic_prefix: str, tmp_path: Path) -> Settings:
     settings = load_settings(
         spool_dir=tmp_path / "spool",
         kafka_bootstrap_servers=broker.bootstrap_servers,
-        kafka_enable_idempotence=False,  # the embedded broker lacks InitProducerId
+        kafka_enable_idempotence=broker.idempotence,
         topic_prefix=topic_prefix,
         port=free_port(),
     )
+    # Apache Kafka creates no topic on first use, as most production clusters.
     run_sync(create_topics(broker.bootstrap_servers, all_topics(topic_prefix)))
     return settings
-
-
-def process_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a `bridge` process started by a test: this test's settings only."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    env.update(
-        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false",
-        BRIDGE_TOPIC_PREFIX=settings.topic_prefix,
-        BRIDGE_PORT=str(settings.port),
-        BRIDGE_SPOOL_DIR=str(settings.spool_dir),
-    )
-    env.update(extra)
-    return env
-
-
-def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to the end from sync code, even inside a running event loop."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
-
-@dataclass
-class RunningServer:
-    url: str
-    settings: Settings
 
 
 @pytest.fixture
 def server(kafka_settings: Settings) -> Iterator[RunningServer]:
     yield from run_server(kafka_settings)
-
-
-def run_server(settings: Settings, publisher: Publisher | None = None) -> Iterator[RunningServer]:
-    """bridge on a real uvicorn server in a thread, as httpx's own test suite does."""
-    config = server_config(settings, create_app(settings, publisher))
-    for url in serve_in_thread(uvicorn.Server(config)):
-        yield RunningServer(url, settings)
-
-
-def serve_in_thread(server: uvicorn.Server) -> Iterator[str]:
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
-
-
-@dataclass
-class RunningRegistry:
-    state: Registry
-    url: str
 
 
 @pytest.fixture
@@ -150,32 +170,3 @@ def schema_registry() -> Iterator[RunningRegistry]:
     )
     for url in serve_in_thread(uvicorn.Server(config)):
         yield RunningRegistry(state, url)
-
-
-async def consume(
-    bootstrap_servers: str, topics: list[str], idle: float = 1.5
-) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record in `topics`, read from the beginning until nothing new comes for `idle`
-    seconds (end offsets are not trusted: the embedded broker can misreport them)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        records: list[ConsumerRecord[bytes, bytes]] = []
-        last = time.monotonic()
-        while time.monotonic() - last < idle:
-            batch = await consumer.getmany(timeout_ms=200)
-            for messages in batch.values():
-                records.extend(messages)
-            if batch:
-                last = time.monotonic()
-        return records
-    finally:
-        await consumer.stop()

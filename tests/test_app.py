@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -16,20 +15,11 @@ from bridge.app import WEBHOOK_PATH, create_app
 from bridge.codec.encode import Codec
 from bridge.codec.mapping import Mapper
 from bridge.codec.schemas import load_schemas
-from bridge.publish import Delivery, MemoryPublisher
-from bridge.record import Record
+from bridge.publish import MemoryPublisher
 from bridge.settings import load_settings
-from tests.conftest import sample, sample_bytes
+from tests.helpers import StalledPublisher, sample, sample_bytes
 
 SCHEMAS = load_schemas()
-
-
-class StalledPublisher(MemoryPublisher):
-    """A broker that never acknowledges."""
-
-    async def publish(self, record: Record) -> Delivery:
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
 
 
 @pytest.fixture

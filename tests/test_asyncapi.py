@@ -13,7 +13,7 @@ from bridge.codec.schemas import RECORD_NAMES, load_schemas
 from bridge.parse import parse_notification
 from bridge.routing import all_topics, dead_letter_headers, headers_for
 from bridge.settings import Settings
-from tests.conftest import sample_bytes
+from tests.helpers import sample_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = yaml.safe_load((ROOT / "asyncapi.yaml").read_text())

@@ -18,9 +18,17 @@ import orjson
 import pytest
 
 from bridge import __version__
-from bridge.broker import EmbeddedBroker, free_port
+from bridge.broker import free_port
 from bridge.settings import Settings
-from tests.conftest import RunningRegistry, process_env, sample, sample_bytes
+from tests.helpers import (
+    Broker,
+    RunningRegistry,
+    process_env,
+    sample,
+    sample_bytes,
+    wait_for,
+    wait_for_port,
+)
 
 BRIDGE = [sys.executable, "-m", "bridge"]
 TOKEN = "cli-test-token-Zq8"
@@ -31,20 +39,6 @@ def environment(**values: str) -> dict[str, str]:
     env["BRIDGE_AUTH_TOKENS"] = TOKEN
     env.update(values)
     return env
-
-
-def wait_for_port(port: int, process: subprocess.Popen[str], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"exited early: {process.communicate()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        except OSError:
-            time.sleep(0.1)
-        else:
-            return
-    pytest.fail(f"nothing listened on {port}")
 
 
 def run(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -60,7 +54,7 @@ def serving(kafka_settings: Settings) -> Iterator[tuple[Settings, dict[str, str]
         [*BRIDGE, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        wait_for_port(kafka_settings.port, process)
+        wait_for_port(kafka_settings.port, process=process)
         yield kafka_settings, env
     finally:
         process.send_signal(signal.SIGTERM)
@@ -108,7 +102,7 @@ def test_an_unreachable_broker_is_reported_clearly() -> None:
 
 
 def test_serve_then_tail_shows_the_case_rebuilt_exactly(
-    serving: tuple[Settings, dict[str, str]],
+    serving: tuple[Settings, dict[str, str]], broker: Broker, request: pytest.FixtureRequest
 ) -> None:
     settings, env = serving
     url = f"http://127.0.0.1:{settings.port}/webhooks/airudder/{TOKEN}"
@@ -133,7 +127,7 @@ def test_serve_then_tail_shows_the_case_rebuilt_exactly(
 
 
 def test_tail_shows_dead_letters_with_their_reason(
-    serving: tuple[Settings, dict[str, str]],
+    serving: tuple[Settings, dict[str, str]], broker: Broker, request: pytest.FixtureRequest
 ) -> None:
     settings, env = serving
     url = f"http://127.0.0.1:{settings.port}/webhooks/airudder/{TOKEN}"
@@ -145,8 +139,8 @@ def test_tail_shows_dead_letters_with_their_reason(
     assert doc["notification"] is None
 
 
-def test_dev_starts_a_broker_serves_and_stops_both_on_ctrl_c(broker: EmbeddedBroker) -> None:
-    # `broker` only marks this test `kafka`: `bridge dev` starts its own.
+@pytest.mark.kafka  # `bridge dev` starts its own broker (Tansu)
+def test_dev_starts_a_broker_serves_and_stops_both_on_ctrl_c() -> None:
     port = free_port()
     process = subprocess.Popen(
         [*BRIDGE, "dev"],
@@ -156,7 +150,7 @@ def test_dev_starts_a_broker_serves_and_stops_both_on_ctrl_c(broker: EmbeddedBro
         text=True,
     )
     try:
-        wait_for_port(port, process)
+        wait_for_port(port, process=process)
         assert process.stdout is not None
         banner = ""
         while "bridge tail" not in banner:
@@ -185,6 +179,7 @@ def test_dev_starts_a_broker_serves_and_stops_both_on_ctrl_c(broker: EmbeddedBro
         socket.create_connection(("127.0.0.1", broker_port), timeout=0.5).close()
 
 
+@pytest.mark.one_broker  # the supervisor's tests: about processes, not the broker
 def test_several_workers_share_the_socket_and_add_up_their_metrics(
     kafka_settings: Settings,
 ) -> None:
@@ -194,7 +189,7 @@ def test_several_workers_share_the_socket_and_add_up_their_metrics(
         process = subprocess.Popen([*BRIDGE, "serve"], env=env, stdout=out, stderr=out)
     base = f"http://127.0.0.1:{kafka_settings.port}"
     try:
-        wait_for_port(kafka_settings.port, process)
+        wait_for_port(kafka_settings.port, process=process)
         time.sleep(1.0)  # both workers up
         data = sample("call")
         for i in range(20):
@@ -232,7 +227,7 @@ def _two_workers(
     with log.open("wb") as out:
         process = subprocess.Popen([*BRIDGE, "serve"], env=env, stdout=out, stderr=out)
     try:
-        wait_for_port(settings.port, process)
+        wait_for_port(settings.port, process=process)
         yield process, _children(process.pid, count=2), log
     finally:
         process.send_signal(signal.SIGTERM)
@@ -242,10 +237,10 @@ def _two_workers(
 def _replaced(process: subprocess.Popen[bytes], workers: list[int], gone: int, port: int) -> None:
     """Worker `gone` has a successor, the other is still there, and both answer."""
     assert workers[1 - gone] in _children(process.pid, count=2, without=workers[gone])
-    time.sleep(1.0)  # the new worker up
-    assert len(_workers_answering(port, connections=16)) == 2
+    wait_for(lambda: len(_workers_answering(port, connections=16)) == 2, 20, "both answer", 0.2)
 
 
+@pytest.mark.one_broker
 def test_a_worker_that_dies_is_replaced(kafka_settings: Settings) -> None:
     with _two_workers(kafka_settings) as (process, workers, log):
         os.kill(workers[0], signal.SIGKILL)
@@ -258,6 +253,7 @@ def test_a_worker_that_dies_is_replaced(kafka_settings: Settings) -> None:
     assert re.search(r"worker 0 exited \(-9\) after \d+ s: replaced in 0.5 s", log.read_text())
 
 
+@pytest.mark.one_broker
 def test_a_hung_worker_is_killed_and_replaced(kafka_settings: Settings) -> None:
     with _two_workers(kafka_settings, BRIDGE_WORKER_TIMEOUT="2") as (process, workers, log):
         time.sleep(1.0)  # both serving: the supervisor watches a worker from then on
@@ -266,6 +262,7 @@ def test_a_hung_worker_is_killed_and_replaced(kafka_settings: Settings) -> None:
     assert re.search(r"worker 1 hung \(\d+ s\): killed", log.read_text())
 
 
+@pytest.mark.one_broker
 def test_workers_that_cannot_listen_stop_the_service(kafka_settings: Settings) -> None:
     with socket.socket() as taken:  # a plain listener on the port: no sharing it
         taken.bind(("127.0.0.1", kafka_settings.port))

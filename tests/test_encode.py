@@ -10,7 +10,7 @@ from bridge.codec.encode import MAGIC, Codec
 from bridge.codec.mapping import Mapper
 from bridge.codec.schemas import load_schemas
 from bridge.errors import UndecodableRecord
-from tests.conftest import sample
+from tests.helpers import sample
 
 SCHEMAS = load_schemas()
 

@@ -18,7 +18,7 @@ from bridge.codec.mapping import Mapper
 from bridge.codec.schemas import Schema, default_schema_dir, load_history, load_schemas
 from bridge.schema_tools import check_schemas, snapshot
 from bridge.settings import load_settings
-from tests.conftest import sample
+from tests.helpers import sample
 
 CURRENT = load_schemas()
 HISTORY = load_history()

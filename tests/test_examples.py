@@ -6,13 +6,21 @@ from pathlib import Path
 
 import httpx2
 import orjson
+import pytest
 
-from tests.conftest import RunningServer, sample, sample_bytes
+from tests.helpers import (
+    Broker,
+    RunningServer,
+    sample,
+    sample_bytes,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "python" / "consumer.py"
 
 
-def test_the_python_consumer_example_reads_a_case_history(server: RunningServer) -> None:
+def test_the_python_consumer_example_reads_a_case_history(
+    server: RunningServer, broker: Broker, request: pytest.FixtureRequest
+) -> None:
     settings = server.settings
     for kind in ("call", "waba_template", "chatbot"):
         assert (

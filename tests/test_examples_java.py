@@ -29,7 +29,7 @@ from bridge.registry import SchemaRegistry
 from bridge.routing import topic_for
 from bridge.settings import Settings
 from bridge.tail import Decoder
-from tests.conftest import RunningRegistry, consume, run_server, run_sync, sample
+from tests.helpers import RunningRegistry, consume, run_server, run_sync, sample
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ROOT / "examples" / "java"
@@ -112,7 +112,7 @@ def python_rebuild(settings: Settings, magic: bytes) -> list[dict[str, Any]]:
 
 async def _python_rebuild(settings: Settings, magic: bytes) -> list[dict[str, Any]]:
     topics = [topic_for(settings.topic_prefix, kind) for kind in KINDS]
-    records = await consume(settings.kafka_bootstrap_servers, topics)
+    records = await consume(settings.kafka_bootstrap_servers, topics, idle=1.5)
     assert {record.value[: len(magic)] for record in records} == {magic}  # the framing tested
     registry = SchemaRegistry(settings) if settings.schema_registry_url else None
     decoder = Decoder(registry=registry)

@@ -1,51 +1,38 @@
 """Fault tests: the bridge as a process, Kafka behind a proxy the test cuts and restores.
 
 Each test counts what was answered 2xx and what is in Kafka afterwards, by event id. Every
-test is bounded in time and stops what it started.
+test is bounded in time and stops what it started; it waits by polling the bridge's spool
+depth (its /metrics) with a deadline, never for a fixed time, except where the length of an
+outage is what the test is about. They run on both brokers (the `broker` fixture).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
-import orjson
 import pytest
 
-from bridge.broker import EmbeddedBroker, free_port
+from bridge.broker import free_port
 from bridge.settings import Settings
-from tests.conftest import consume, process_env, sample
+from tests.helpers import Broker, process_env, wait_for_port
+from tests.helpers import notification as case_notification
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
-TEMPLATE = sample("call")
-
 
 def notification(case: int, step: int) -> bytes:
-    data = {**TEMPLATE, "callee": {**TEMPLATE["callee"], "case_id": f"case-{case}"}}
-    data["call"] = {**TEMPLATE["call"], "call_id": f"case-{case}/{step}"}
-    return orjson.dumps(data)
-
-
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"nothing listened on {port} within {timeout}s")
+    return case_notification(f"case-{case}", step)
 
 
 class Proxy:
@@ -91,7 +78,32 @@ class Bridge:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "bridge", "serve"], env=self.env, stdout=log, stderr=log
             )
-        wait_for_port(self.port)
+        wait_for_port(self.port, process=self._process)
+
+    def spool_depth(self) -> float | None:
+        """Notifications waiting in the spool, from /metrics; None while it does not answer."""
+        try:
+            text = httpx2.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+        except httpx2.TransportError:
+            return None
+        found = re.search(r"^bridge_spool_depth (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else None
+
+    async def spool_holds(self, at_least: int, timeout: float = 30.0) -> None:
+        """Until the spool holds `at_least` notifications (the broker is unreachable)."""
+        deadline = time.monotonic() + timeout
+        while (depth := await asyncio.to_thread(self.spool_depth)) is None or depth < at_least:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the spool held {depth}, not {at_least}, within {timeout} s")
+            await asyncio.sleep(0.2)
+
+    async def drained(self, timeout: float = 60.0) -> None:
+        """Until the spool is empty: everything acknowledged is in Kafka."""
+        deadline = time.monotonic() + timeout
+        while (depth := await asyncio.to_thread(self.spool_depth)) != 0:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the spool did not drain within {timeout} s: {depth} left")
+            await asyncio.sleep(0.2)
 
     def signal(self, sig: int) -> None:
         assert self._process is not None
@@ -123,9 +135,19 @@ class Sent:
         return f"call:case-{self.case}/{self.step}"
 
 
-async def steady_load(url: str, cases: int, rate: float, seconds: float) -> list[Sent]:
-    """`rate` notifications per second over `cases` cases; each case posts one after another."""
-    sent: list[Sent] = []
+async def steady_load(  # noqa: PLR0913 - the load's shape, then two keyword hooks
+    url: str,
+    cases: int,
+    rate: float,
+    seconds: float,
+    *,
+    sent: list[Sent] | None = None,
+    until: Callable[[], bool] = lambda: False,
+) -> list[Sent]:
+    """`rate` notifications per second over `cases` cases; each case posts one after another.
+    Answers are appended to `sent` as they come, for a test that watches the load; the load
+    stops after `seconds`, or sooner once `until()` is true."""
+    sent = [] if sent is None else sent
     loop = asyncio.get_running_loop()
     interval = cases / rate
 
@@ -133,7 +155,7 @@ async def steady_load(url: str, cases: int, rate: float, seconds: float) -> list
         await asyncio.sleep(interval * case / cases)
         start = loop.time()
         step = 0
-        while loop.time() - start < seconds:
+        while loop.time() - start < seconds and not until():
             began = loop.time()
             try:
                 response = await client.post(url, content=notification(case, step))
@@ -155,8 +177,17 @@ class Landed:
     order: dict[str, list[str]]  # key -> event ids, partition order
 
 
-async def landed(settings: Settings, broker: EmbeddedBroker) -> Landed:
-    records = await consume(broker.bootstrap_servers, [f"{settings.topic_prefix}call"], idle=2.0)
+async def answered(sent: list[Sent], count: int, timeout: float = 30.0) -> None:
+    """Until the load has had `count` answers of 200."""
+    deadline = time.monotonic() + timeout
+    while sum(1 for s in sent if s.status == 200) < count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"fewer than {count} answers of 200 within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def landed(settings: Settings, broker: Broker) -> Landed:
+    records = await broker.consume([f"{settings.topic_prefix}call"], idle=2.0)
     counts: Counter[str] = Counter()
     order: dict[str, list[str]] = defaultdict(list)
     for record in records:
@@ -182,7 +213,7 @@ def assert_case_order_kept(sent: list[Sent], kafka: Landed) -> None:
 
 
 @pytest.fixture
-def proxy(broker: EmbeddedBroker) -> Iterator[Proxy]:
+def proxy(broker: Broker) -> Iterator[Proxy]:
     front = Proxy(broker.bootstrap_servers)
     front.start()
     yield front
@@ -209,16 +240,17 @@ def bridge(
 
 
 async def test_1_broker_unreachable_for_30s_loses_nothing_and_keeps_order(
-    bridge: Bridge, proxy: Proxy, kafka_settings: Settings, broker: EmbeddedBroker
+    bridge: Bridge, proxy: Proxy, kafka_settings: Settings, broker: Broker
 ) -> None:
     bridge.start()
-    load = asyncio.create_task(steady_load(bridge.url, cases=20, rate=20, seconds=45))
-    await asyncio.sleep(5)
+    sent: list[Sent] = []
+    load = asyncio.create_task(steady_load(bridge.url, 20, rate=20, seconds=45, sent=sent))
+    await answered(sent, 40)
     proxy.stop()
-    await asyncio.sleep(30)
+    await asyncio.sleep(30)  # the outage itself
     proxy.start()
-    sent = await load
-    await asyncio.sleep(8)  # the spool drains
+    await load
+    await bridge.drained()
     kafka = await landed(kafka_settings, broker)
     assert_nothing_acknowledged_lost(sent, kafka)
     assert_case_order_kept(sent, kafka)
@@ -228,19 +260,20 @@ async def test_1_broker_unreachable_for_30s_loses_nothing_and_keeps_order(
 
 
 async def test_2_sigkill_under_load_then_restart_on_the_same_spool_loses_nothing(
-    bridge: Bridge, proxy: Proxy, kafka_settings: Settings, broker: EmbeddedBroker
+    bridge: Bridge, proxy: Proxy, kafka_settings: Settings, broker: Broker
 ) -> None:
     bridge.start()
-    load = asyncio.create_task(steady_load(bridge.url, cases=10, rate=50, seconds=8))
-    await asyncio.sleep(2)
+    sent: list[Sent] = []
+    load = asyncio.create_task(steady_load(bridge.url, 10, rate=50, seconds=8, sent=sent))
+    await answered(sent, 20)
     proxy.stop()  # so that the spool holds entries when the process dies
-    await asyncio.sleep(4)
+    await bridge.spool_holds(50)
     bridge.signal(signal.SIGKILL)
     bridge.wait(5)
-    sent = await load
+    await load
     proxy.start()
     bridge.start()
-    await asyncio.sleep(8)
+    await bridge.drained()
     kafka = await landed(kafka_settings, broker)
     assert sum(1 for s in sent if s.status is None) > 0  # the kill did cut requests
     assert_nothing_acknowledged_lost(sent, kafka)
@@ -248,12 +281,12 @@ async def test_2_sigkill_under_load_then_restart_on_the_same_spool_loses_nothing
 
 
 async def test_3_sigterm_with_the_broker_unreachable_exits_in_15s_and_loses_nothing(
-    bridge: Bridge, proxy: Proxy, kafka_settings: Settings, broker: EmbeddedBroker
+    bridge: Bridge, proxy: Proxy, kafka_settings: Settings, broker: Broker
 ) -> None:
     bridge.start()
     proxy.stop()
     load = asyncio.create_task(steady_load(bridge.url, cases=10, rate=30, seconds=6))
-    await asyncio.sleep(3)
+    await bridge.spool_holds(30)
     started = time.monotonic()
     bridge.signal(signal.SIGTERM)
     code = await asyncio.to_thread(bridge.wait, 20)
@@ -263,14 +296,14 @@ async def test_3_sigterm_with_the_broker_unreachable_exits_in_15s_and_loses_noth
     assert elapsed < 15
     proxy.start()
     bridge.start()
-    await asyncio.sleep(8)
+    await bridge.drained()
     kafka = await landed(kafka_settings, broker)
     assert_nothing_acknowledged_lost(sent, kafka)
     assert_case_order_kept(sent, kafka)
 
 
 async def test_4_the_vendors_retries_leave_no_duplicates_even_across_a_restart(
-    bridge: Bridge, kafka_settings: Settings, broker: EmbeddedBroker
+    bridge: Bridge, kafka_settings: Settings, broker: Broker
 ) -> None:
     bridge.start()
     times = {case: 1 + case % 6 for case in range(30)}  # each sent 1 to 6 times
@@ -292,7 +325,7 @@ async def test_5_a_full_spool_answers_503_with_retry_after_and_loses_nothing(
     bridge_env: dict[str, str],
     proxy: Proxy,
     kafka_settings: Settings,
-    broker: EmbeddedBroker,
+    broker: Broker,
     tmp_path: Path,
 ) -> None:
     bridge_env["BRIDGE_SPOOL_MAX_BYTES"] = str(1024 * 1024)  # about 200 notifications
@@ -300,13 +333,18 @@ async def test_5_a_full_spool_answers_503_with_retry_after_and_loses_nothing(
     try:
         process.start()
         proxy.stop()
-        sent = await steady_load(process.url, cases=10, rate=100, seconds=6)
+        # Until the spool is full and refuses some (a loaded machine answers fewer per second).
+        sent: list[Sent] = []
+        await steady_load(
+            process.url, 10, rate=100, seconds=60, sent=sent,
+            until=lambda: sum(1 for s in sent if s.status == 503) >= 10,
+        )  # fmt: skip
         refused = [s for s in sent if s.status == 503]
         assert refused, Counter(s.status for s in sent)
         assert {s.retry_after for s in refused} == {"60"}
         assert 100 < sum(1 for s in sent if s.status == 200) < 300
         proxy.start()
-        await asyncio.sleep(8)
+        await process.drained()
         kafka = await landed(kafka_settings, broker)
         assert_nothing_acknowledged_lost(sent, kafka)
     finally:
@@ -314,7 +352,7 @@ async def test_5_a_full_spool_answers_503_with_retry_after_and_loses_nothing(
 
 
 async def test_6_a_damaged_spool_file_at_start_is_reported_and_the_rest_kept(
-    bridge: Bridge, proxy: Proxy, kafka_settings: Settings, broker: EmbeddedBroker
+    bridge: Bridge, proxy: Proxy, kafka_settings: Settings, broker: Broker
 ) -> None:
     bridge.start()
     proxy.stop()
@@ -335,7 +373,7 @@ async def test_6_a_damaged_spool_file_at_start_is_reported_and_the_rest_kept(
     bridge.start()
     async with httpx2.AsyncClient(timeout=15) as client:  # it serves
         assert (await client.post(bridge.url, content=notification(99, 0))).status_code == 200
-    await asyncio.sleep(6)
+    await bridge.drained()
     log = bridge.log.read_text()
     assert "is damaged" in log
     assert "entries kept" in log

@@ -27,7 +27,7 @@ from bridge.app import WEBHOOK_PATH, create_app
 from bridge.pipeline import Pipeline
 from bridge.publish import MemoryPublisher
 from bridge.settings import load_settings
-from tests.conftest import sample
+from tests.helpers import sample
 
 TOKEN = "hostile-test-token"
 URL = f"{WEBHOOK_PATH}/{TOKEN}"

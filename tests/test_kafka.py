@@ -11,18 +11,18 @@ import orjson
 import pytest
 
 from bridge.app import WEBHOOK_PATH
-from bridge.broker import EmbeddedBroker, create_topics, free_port
+from bridge.broker import create_topics, free_port
 from bridge.kafka import consume_until_idle, reading
 from bridge.publish import KafkaPublisher
 from bridge.record import Record
 from bridge.routing import all_topics
 from bridge.settings import Settings, load_settings
 from bridge.tail import Decoder
-from tests.conftest import RunningServer, consume, run_server, run_sync, sample, sample_bytes
+from tests.helpers import Broker, RunningServer, run_server, run_sync, sample, sample_bytes
 
 
 async def test_each_type_lands_in_its_topic_keyed_and_rebuilt_exactly(
-    server: RunningServer,
+    server: RunningServer, broker: Broker
 ) -> None:
     prefix = server.settings.topic_prefix
     async with httpx2.AsyncClient(base_url=server.url) as client:
@@ -33,18 +33,18 @@ async def test_each_type_lands_in_its_topic_keyed_and_rebuilt_exactly(
         assert response.status_code == 200
     decoder = Decoder()
     for kind in ("call", "waba_template", "chatbot"):
-        [record] = await consume(server.settings.kafka_bootstrap_servers, [f"{prefix}{kind}"])
+        [record] = await broker.consume([f"{prefix}{kind}"])
         assert record.key == b"12345.0"
         doc = decoder.document(record)
         assert doc["notification"] == sample(kind)
         assert doc["headers"]["notification-type"] == kind
-    [dead] = await consume(server.settings.kafka_bootstrap_servers, [f"{prefix}dlq"])
+    [dead] = await broker.consume([f"{prefix}dlq"])
     assert dead.value == b'{"type": "call"'
     assert dict(dead.headers)["dlq-reason"] == b"not-json"
 
 
 async def test_each_cases_history_keeps_the_order_of_acknowledgement(
-    server: RunningServer,
+    server: RunningServer, broker: Broker
 ) -> None:
     cases, per_case = 40, 8
     template = sample("call")
@@ -60,7 +60,7 @@ async def test_each_cases_history_keeps_the_order_of_acknowledgement(
         await asyncio.gather(*(post_history(client, case) for case in range(cases)))
 
     topic = f"{server.settings.topic_prefix}call"
-    records = await consume(server.settings.kafka_bootstrap_servers, [topic])
+    records = await broker.consume([topic])
     history: dict[bytes, list[str]] = defaultdict(list)
     partition_of: dict[bytes, set[int]] = defaultdict(set)
     decoder = Decoder()
@@ -76,11 +76,13 @@ async def test_each_cases_history_keeps_the_order_of_acknowledgement(
     assert len({p for parts in partition_of.values() for p in parts}) > 1  # keys spread out
 
 
-def test_a_broker_that_goes_away_gets_503_with_retry_after_within_the_budget() -> None:
-    with EmbeddedBroker() as own_broker:
+def test_a_broker_that_goes_away_gets_503_with_retry_after_within_the_budget(
+    broker: Broker,
+) -> None:
+    with broker.another() as own_broker:
         settings = load_settings(
             kafka_bootstrap_servers=own_broker.bootstrap_servers,
-            kafka_enable_idempotence=False,
+            kafka_enable_idempotence=broker.idempotence,
             topic_prefix="gone.",
             port=free_port(),
             ack_timeout=1.0,

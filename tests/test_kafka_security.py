@@ -28,7 +28,7 @@ import trustme
 from bridge.app import WEBHOOK_PATH
 from bridge.broker import KafkaCluster, KafkaSecurity, create_topics, free_port, kafka_missing
 from bridge.routing import all_topics
-from tests.conftest import run_sync, sample, sample_bytes
+from tests.helpers import run_sync, sample, sample_bytes
 
 pytestmark = pytest.mark.kafka
 

@@ -20,7 +20,7 @@ from bridge.logs import (
 )
 from bridge.publish import MemoryPublisher
 from bridge.settings import load_settings
-from tests.conftest import sample_bytes
+from tests.helpers import sample_bytes
 
 
 def record(message: str = "notification stored", **fields: object) -> logging.LogRecord:

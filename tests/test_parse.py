@@ -5,7 +5,7 @@ import pytest
 
 from bridge.errors import InvalidNotification
 from bridge.parse import event_id_of, parse_notification
-from tests.conftest import sample, sample_bytes
+from tests.helpers import sample, sample_bytes
 
 
 @pytest.mark.parametrize("kind", ["call", "waba_template", "chatbot"])

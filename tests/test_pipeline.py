@@ -5,36 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import orjson
 import pytest
 
 from bridge.errors import Overloaded, PublishError, SpoolFull
 from bridge.pipeline import Pipeline
-from bridge.publish import Delivery, MemoryPublisher
-from bridge.record import Record
+from bridge.publish import MemoryPublisher
 from bridge.settings import load_settings
 from bridge.spool import Spool
-from tests.conftest import sample
-
-
-class SwitchablePublisher(MemoryPublisher):
-    """A broker that can be taken away and given back."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-
-    async def publish(self, record: Record) -> Delivery:
-        if self.down:
-            raise PublishError("broker unreachable")
-        return await super().publish(record)
-
-
-def notification(case: str, step: int) -> bytes:
-    data = sample("call")
-    data["callee"] = {**data["callee"], "case_id": case}
-    data["call"] = {**data["call"], "call_id": f"{case}/{step}"}
-    return orjson.dumps(data)
+from tests.helpers import SwitchablePublisher, notification
 
 
 def call_ids(publisher: MemoryPublisher, case: str) -> list[str]:

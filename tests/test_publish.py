@@ -14,7 +14,7 @@ from bridge.errors import BrokerUnavailable, PublishError
 from bridge.publish import KafkaPublisher, MemoryPublisher, Publisher
 from bridge.record import Record
 from bridge.settings import Settings, load_settings
-from tests.conftest import consume
+from tests.helpers import Broker
 
 Stored = tuple[bytes | None, bytes, dict[str, bytes]]
 
@@ -40,11 +40,12 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
         await memory.stop(1)
         return
     settings: Settings = request.getfixturevalue("kafka_settings")
+    broker: Broker = request.getfixturevalue("broker")
     kafka = KafkaPublisher(settings)
     topic = f"{settings.topic_prefix}call"
 
     async def read_kafka() -> list[Stored]:
-        records = await consume(settings.kafka_bootstrap_servers, [topic])
+        records = await broker.consume([topic])
         return [(r.key, r.value, dict(r.headers)) for r in records]
 
     await kafka.start()

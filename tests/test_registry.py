@@ -19,6 +19,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from starlette.testclient import TestClient
 
 from bridge.app import WEBHOOK_PATH, create_app
+from bridge.broker import free_port
 from bridge.codec.encode import confluent_id
 from bridge.codec.mapping import Mapper
 from bridge.codec.schemas import load_schemas
@@ -33,14 +34,7 @@ from bridge.registry import (
 )
 from bridge.settings import Settings, load_settings
 from bridge.tail import Decoder
-from tests.conftest import (
-    RunningRegistry,
-    consume,
-    free_port,
-    sample,
-    sample_bytes,
-    serve_in_thread,
-)
+from tests.helpers import Broker, RunningRegistry, sample, sample_bytes, serve_in_thread
 from tests.registry_double import Registry
 
 SCHEMAS = load_schemas()
@@ -250,11 +244,11 @@ def test_in_lookup_mode_an_unregistered_schema_refuses_the_start(
 
 
 async def test_kafka_end_to_end_with_a_registry(
-    kafka_settings: Settings, schema_registry: RunningRegistry
+    kafka_settings: Settings, schema_registry: RunningRegistry, broker: Broker
 ) -> None:
     import httpx2  # noqa: PLC0415
 
-    from tests.conftest import run_server  # noqa: PLC0415
+    from tests.helpers import run_server  # noqa: PLC0415
 
     settings = kafka_settings.model_copy(
         update={"schema_registry_url": schema_registry.url, "schema_registration": "auto"}
@@ -268,7 +262,7 @@ async def test_kafka_end_to_end_with_a_registry(
     finally:
         with pytest.raises(StopIteration):
             next(servers)
-    [record] = await consume(settings.kafka_bootstrap_servers, [f"{settings.topic_prefix}chatbot"])
+    [record] = await broker.consume([f"{settings.topic_prefix}chatbot"])
     subject = f"{settings.topic_prefix}chatbot-value"
     assert confluent_id(record.value) == schema_registry.state.subjects[subject][-1]
     registry = SchemaRegistry(settings)

@@ -4,12 +4,13 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 
 from bridge.broker import free_port
 from bridge.publish import MemoryPublisher
 from bridge.replay import read_archive, to_kafka, to_url
 from bridge.settings import Settings, load_settings
-from tests.conftest import consume, run_server, sample
+from tests.helpers import Broker, run_server, sample
 
 
 def archive(tmp_path: Path, *, as_array: bool) -> Path:
@@ -52,7 +53,7 @@ async def test_replay_to_a_bridge_url(tmp_path: Path) -> None:
 
 
 async def test_replay_straight_to_kafka_skips_what_is_there(
-    kafka_settings: Settings, tmp_path: Path
+    kafka_settings: Settings, broker: Broker, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     bodies = read_archive(archive(tmp_path, as_array=True))
     first = await to_kafka(bodies, kafka_settings)
@@ -60,8 +61,7 @@ async def test_replay_straight_to_kafka_skips_what_is_there(
     again = await to_kafka(bodies, kafka_settings)
     assert again.outcomes == Counter({"already in Kafka": 4, "duplicate in file": 1})
     prefix = kafka_settings.topic_prefix
-    records = await consume(
-        kafka_settings.kafka_bootstrap_servers,
-        [f"{prefix}call", f"{prefix}waba_template", f"{prefix}chatbot", f"{prefix}dlq"],
+    records = await broker.consume(
+        [f"{prefix}call", f"{prefix}waba_template", f"{prefix}chatbot", f"{prefix}dlq"]
     )
     assert len(records) == 4

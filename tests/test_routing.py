@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from bridge.codec.schemas import load_schemas
 from bridge.parse import parse_notification
 from bridge.routing import all_topics, dead_letter_headers, headers_for, timestamp, topic_for
-from tests.conftest import sample_bytes
+from tests.helpers import sample_bytes
 
 
 def test_one_topic_per_type_and_a_dead_letter_topic() -> None:

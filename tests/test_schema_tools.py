@@ -23,7 +23,7 @@ from bridge.publish import MemoryPublisher
 from bridge.registry import SchemaRegistry, subjects
 from bridge.schema_tools import check_schemas, list_schemas, register_schemas, snapshot
 from bridge.settings import Settings, load_settings
-from tests.conftest import RunningRegistry, sample_bytes
+from tests.helpers import RunningRegistry, sample_bytes
 
 SCHEMAS = load_schemas()
 SUBJECT = "airudder.chatbot-value"

@@ -21,7 +21,7 @@ from bridge.errors import ConfigError
 from bridge.kafka import kafka_options
 from bridge.publish import MemoryPublisher
 from bridge.settings import load_settings
-from tests.conftest import run_server, sample_bytes
+from tests.helpers import run_server, sample_bytes
 
 TOKEN = "s3cret-token-AbCdEf0123456789"
 

@@ -10,7 +10,7 @@ from bridge.codec.schemas import load_schemas
 from bridge.parse import parse_notification
 from bridge.routing import dead_letter_headers, headers_for
 from bridge.tail import Decoder, pretty
-from tests.conftest import sample, sample_bytes
+from tests.helpers import sample, sample_bytes
 
 SCHEMAS = load_schemas()
 

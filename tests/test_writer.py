@@ -16,8 +16,8 @@ from bridge.codec.writer import Unsupported, Writer
 from bridge.pipeline import Pipeline
 from bridge.publish import MemoryPublisher
 from bridge.settings import load_settings
-from tests.conftest import sample
-from tests.test_mapping import json_values, mutated
+from tests.helpers import sample
+from tests.strategies import json_values, mutated
 
 SCHEMAS = load_schemas()
 WRITERS = {kind: Writer(schema) for kind, schema in SCHEMAS.items()}

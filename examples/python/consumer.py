@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 HISTORY = Path(__file__).resolve().parents[2] / "avro" / "history"
@@ -88,17 +88,17 @@ async def history(
     bootstrap: str, case_id: str, prefix: str, registry: str | None, idle: float
 ) -> None:
     reader = Reader(registry)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # No consumer group: a consumer subscribed without one is given every partition of its
+    # topics (and each case's records sit in one of them, in order); from the oldest record.
+    consumer = AIOKafkaConsumer(
+        *(f"{prefix}{kind}" for kind in ("call", "waba_template", "chatbot")),
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     try:
-        await consumer.topics()
-        partitions = [
-            TopicPartition(f"{prefix}{kind}", p)
-            for kind in ("call", "waba_template", "chatbot")
-            for p in consumer.partitions_for_topic(f"{prefix}{kind}") or ()
-        ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
         last = time.monotonic()
         while time.monotonic() - last < idle:
             batch = await consumer.getmany(timeout_ms=200)

@@ -1,0 +1,257 @@
+"""What the tests share: notifications, ports, servers in threads, fake publishers, reading
+Kafka back, and the broker under test. Fixtures are in conftest.py; test modules import only
+from here (never from one another)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+import uvicorn
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from bridge.app import create_app
+from bridge.broker import EmbeddedBroker, KafkaCluster, describe_partitions, free_port
+from bridge.errors import PublishError
+from bridge.publish import Delivery, MemoryPublisher, Publisher
+from bridge.record import Record
+from bridge.settings import Settings
+from bridge.supervisor import server_config
+from tests.registry_double import Registry
+
+__all__ = [
+    "Broker",
+    "RunningRegistry",
+    "RunningServer",
+    "StalledPublisher",
+    "SwitchablePublisher",
+    "consume",
+    "free_port",
+    "notification",
+    "process_env",
+    "run_server",
+    "run_sync",
+    "sample",
+    "sample_bytes",
+    "serve_in_thread",
+    "wait_for",
+    "wait_for_port",
+]
+
+T = TypeVar("T")
+SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "notifications"
+
+
+# --- notifications --------------------------------------------------------------------------
+
+
+def sample(kind: str = "call") -> dict[str, Any]:
+    """The vendor's example notification of `kind`, parsed."""
+    data: dict[str, Any] = orjson.loads((SAMPLES / f"{kind}.json").read_bytes())
+    return data
+
+
+def sample_bytes(kind: str = "call") -> bytes:
+    return (SAMPLES / f"{kind}.json").read_bytes()
+
+
+def notification(case: str, step: int) -> bytes:
+    """A call notification of case `case`, the `step`-th of that case (its call id says so)."""
+    data = sample("call")
+    data["callee"] = {**data["callee"], "case_id": case}
+    data["call"] = {**data["call"], "call_id": f"{case}/{step}"}
+    return orjson.dumps(data)
+
+
+# --- waiting --------------------------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `condition` until it returns something true; fail the test naming `what` after
+    `timeout` seconds. The deadlines are generous: the machine is shared."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(interval)
+
+
+def wait_for_port(
+    port: int, timeout: float = 20.0, process: subprocess.Popen[Any] | None = None
+) -> None:
+    """Until something accepts connections on 127.0.0.1:`port`; fails at once if `process`
+    exits first."""
+
+    def accepting() -> bool:
+        if process is not None and process.poll() is not None:
+            out = process.communicate()[0] if process.stdout else ""
+            pytest.fail(f"exited early ({process.returncode}) before listening on {port}: {out}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+
+    wait_for(accepting, timeout, f"nothing listened on {port}")
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to the end from sync code, even inside a running event loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+# --- processes and servers ------------------------------------------------------------------
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `bridge` process started by a test: this test's settings only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
+        BRIDGE_KAFKA_ENABLE_IDEMPOTENCE=str(settings.kafka_enable_idempotence).lower(),
+        BRIDGE_TOPIC_PREFIX=settings.topic_prefix,
+        BRIDGE_PORT=str(settings.port),
+        BRIDGE_SPOOL_DIR=str(settings.spool_dir),
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class RunningRegistry:
+    state: Registry
+    url: str
+
+
+@dataclass
+class RunningServer:
+    url: str
+    settings: Settings
+
+
+def run_server(settings: Settings, publisher: Publisher | None = None) -> Iterator[RunningServer]:
+    """bridge on a real uvicorn server in a thread, as httpx's own test suite does."""
+    config = server_config(settings, create_app(settings, publisher))
+    for url in serve_in_thread(uvicorn.Server(config)):
+        yield RunningServer(url, settings)
+
+
+def serve_in_thread(server: uvicorn.Server) -> Iterator[str]:
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started or not thread.is_alive(), 15, "the server to start", 0.02)
+    if not server.started:
+        pytest.fail("server did not start")
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+# --- fake publishers ------------------------------------------------------------------------
+
+
+class StalledPublisher(MemoryPublisher):
+    """A broker that never acknowledges."""
+
+    async def publish(self, record: Record) -> Delivery:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+class SwitchablePublisher(MemoryPublisher):
+    """A broker that can be taken away and given back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def publish(self, record: Record) -> Delivery:
+        if self.down:
+            raise PublishError("broker unreachable")
+        return await super().publish(record)
+
+
+# --- the broker under test ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Broker:
+    """The broker a test runs against (the `broker` fixture: Tansu or Apache Kafka) and what
+    it can do. Tansu's quirks are set by its fixture alone; the defaults are Apache Kafka's."""
+
+    name: str
+    bootstrap_servers: str
+    idempotence: bool = True  # Tansu has no InitProducerId
+    end_offsets_trusted: bool = True  # Tansu can misreport them
+    cluster: KafkaCluster | None = None  # Apache Kafka: its nodes, for tests that need them
+    # Another broker of this kind, not started (for a test that stops its broker).
+    another: Callable[[], EmbeddedBroker | KafkaCluster] = KafkaCluster
+
+    async def consume(
+        self, topics: list[str], idle: float = 1.5
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        """Every record in `topics`: up to the end offsets where they can be trusted, else
+        until nothing new comes for `idle` seconds."""
+        return await consume(
+            self.bootstrap_servers, topics, idle=None if self.end_offsets_trusted else idle
+        )
+
+
+async def consume(
+    bootstrap_servers: str, topics: list[str], idle: float | None = None
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record in `topics`, from the beginning: up to the end offsets read at the start,
+    or, given `idle`, until nothing new comes for `idle` seconds (prefer `Broker.consume`,
+    which knows whether its broker's end offsets can be trusted)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        # The consumer's own metadata may not list the topics yet: ask the broker.
+        described = {
+            t: await asyncio.to_thread(describe_partitions, bootstrap_servers, t) for t in topics
+        }
+        partitions = [
+            TopicPartition(topic, state.partition)
+            for topic, states in described.items()
+            for state in states
+        ]
+        assert partitions, f"no partitions in {topics}"
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions) if idle is None else {}
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        last = time.monotonic()
+        deadline = last + 60
+        while True:
+            if idle is None:
+                positions = {tp: await consumer.position(tp) for tp in partitions}
+                if all(positions[tp] >= end for tp, end in ends.items()):
+                    return records
+                if time.monotonic() > deadline:
+                    pytest.fail(f"end offsets {ends} not reached, at {positions}")
+            elif time.monotonic() - last >= idle:
+                return records
+            batch = await consumer.getmany(timeout_ms=200)
+            for messages in batch.values():
+                records.extend(messages)
+            if batch:
+                last = time.monotonic()
+    finally:
+        await consumer.stop()
