@@ -18,15 +18,14 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from bridge.broker import EmbeddedBroker, KafkaCluster, create_topics, free_port, kafka_missing
-from bridge.routing import all_topics
-from bridge.settings import Settings, load_settings
+from bridge.broker import EmbeddedBroker, KafkaCluster, free_port, kafka_missing
+from bridge.settings import Settings
 from tests.helpers import (
     Broker,
     RunningRegistry,
     RunningServer,
+    broker_settings,
     run_server,
-    run_sync,
     serve_in_thread,
 )
 from tests.registry_double import Registry
@@ -45,10 +44,20 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_ALLOW_UNAUTHENTICATED", "true")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--broker",
+        action="append",
+        choices=["tansu", "kafka"],
+        help="run the broker-facing tests on this broker only (repeatable; default: both)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A test marked `one_broker` uses a broker without being about it: Tansu alone, which
-    # every machine has.
-    kept = [item for item in items if not _on_another_broker(item)]
+    # every machine has. `--broker` narrows the matrix.
+    chosen = set(config.getoption("broker") or ["tansu", "kafka"])
+    kept = [item for item in items if not _on_another_broker(item, chosen)]
     if len(kept) < len(items):
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
@@ -61,12 +70,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.apache)
 
 
-def _on_another_broker(item: pytest.Item) -> bool:
+def _on_another_broker(item: pytest.Item, chosen: set[str]) -> bool:
     callspec = getattr(item, "callspec", None)
-    return (
-        item.get_closest_marker("one_broker") is not None
-        and callspec is not None
-        and callspec.params.get("broker", "tansu") != "tansu"
+    name = callspec.params.get("broker") if callspec is not None else None
+    if name is None:
+        return False
+    return name not in chosen or (
+        item.get_closest_marker("one_broker") is not None and name != "tansu"
     )
 
 
@@ -144,16 +154,7 @@ def topic_prefix() -> str:
 
 @pytest.fixture
 def kafka_settings(broker: Broker, topic_prefix: str, tmp_path: Path) -> Settings:
-    settings = load_settings(
-        spool_dir=tmp_path / "spool",
-        kafka_bootstrap_servers=broker.bootstrap_servers,
-        kafka_enable_idempotence=broker.idempotence,
-        topic_prefix=topic_prefix,
-        port=free_port(),
-    )
-    # Apache Kafka creates no topic on first use, as most production clusters.
-    run_sync(create_topics(broker.bootstrap_servers, all_topics(topic_prefix)))
-    return settings
+    return broker_settings(broker, topic_prefix, tmp_path)
 
 
 @pytest.fixture

@@ -22,11 +22,18 @@ import uvicorn
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from bridge.app import create_app
-from bridge.broker import EmbeddedBroker, KafkaCluster, describe_partitions, free_port
+from bridge.broker import (
+    EmbeddedBroker,
+    KafkaCluster,
+    create_topics,
+    describe_partitions,
+    free_port,
+)
 from bridge.errors import PublishError
 from bridge.publish import Delivery, MemoryPublisher, Publisher
 from bridge.record import Record
-from bridge.settings import Settings
+from bridge.routing import all_topics
+from bridge.settings import Settings, load_settings
 from bridge.supervisor import server_config
 from tests.registry_double import Registry
 
@@ -36,6 +43,7 @@ __all__ = [
     "RunningServer",
     "StalledPublisher",
     "SwitchablePublisher",
+    "broker_settings",
     "consume",
     "free_port",
     "notification",
@@ -212,6 +220,20 @@ class Broker:
         return await consume(
             self.bootstrap_servers, topics, idle=None if self.end_offsets_trusted else idle
         )
+
+
+def broker_settings(broker: Broker, topic_prefix: str, tmp_path: Path) -> Settings:
+    """Settings for a test on `broker`, its topics created (Apache Kafka creates none on first
+    use, as most production clusters)."""
+    settings = load_settings(
+        spool_dir=tmp_path / "spool",
+        kafka_bootstrap_servers=broker.bootstrap_servers,
+        kafka_enable_idempotence=broker.idempotence,
+        topic_prefix=topic_prefix,
+        port=free_port(),
+    )
+    run_sync(create_topics(broker.bootstrap_servers, all_topics(topic_prefix)))
+    return settings
 
 
 async def consume(

@@ -14,7 +14,7 @@ from bridge.errors import BrokerUnavailable, PublishError
 from bridge.publish import KafkaPublisher, MemoryPublisher, Publisher
 from bridge.record import Record
 from bridge.settings import Settings, load_settings
-from tests.helpers import Broker
+from tests.helpers import Broker, broker_settings
 
 Stored = tuple[bytes | None, bytes, dict[str, bytes]]
 
@@ -26,7 +26,13 @@ class Subject:
     read: Callable[[], Awaitable[list[Stored]]]
 
 
-@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("tansu", marks=pytest.mark.kafka),
+        pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.apache]),
+    ]
+)
 async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
     if request.param == "memory":
         memory = MemoryPublisher()
@@ -39,8 +45,11 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
         yield Subject(memory, topic, read_memory)
         await memory.stop(1)
         return
-    settings: Settings = request.getfixturevalue("kafka_settings")
-    broker: Broker = request.getfixturevalue("broker")
+    # The brokers by name: a parametrised fixture cannot be asked for from another's params.
+    broker: Broker = request.getfixturevalue(f"{request.param}_broker")
+    settings = broker_settings(
+        broker, request.getfixturevalue("topic_prefix"), request.getfixturevalue("tmp_path")
+    )
     kafka = KafkaPublisher(settings)
     topic = f"{settings.topic_prefix}call"
 
