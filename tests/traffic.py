@@ -54,6 +54,7 @@ class Sent:
     seconds: float  # from sending to the answer
     answered: float  # monotonic time of the answer
     retry_after: str | None = None
+    error: str | None = None  # why there was no answer
 
     @property
     def event_id(self) -> str:
@@ -115,7 +116,12 @@ class Load:
         return [s for s in self.sent if s.answered > moment]
 
     async def _run(self) -> None:
-        limits = httpx2.Limits(max_connections=self.cases, max_keepalive_connections=self.cases)
+        # Idle connections are dropped by the client before uvicorn's keep-alive timeout (5 s)
+        # closes them: with both at 5 s, a request sent on a connection the server is closing
+        # at that instant gets no answer (a race of HTTP/1.1 keep-alive, not of the bridge).
+        limits = httpx2.Limits(
+            max_connections=self.cases, max_keepalive_connections=self.cases, keepalive_expiry=2
+        )
         async with httpx2.AsyncClient(timeout=self.timeout, limits=limits) as client:
             ends = time.monotonic() + self.limit
             await asyncio.gather(*(self._case(client, case, ends) for case in range(self.cases)))
@@ -126,14 +132,16 @@ class Load:
         step = 0
         while await self._wait_until(slot) and time.monotonic() < ends:
             began = time.monotonic()
-            status = retry_after = None
+            status = retry_after = error = None
             try:
                 response = await client.post(self.url, content=notification(case, step))
                 status, retry_after = response.status_code, response.headers.get("retry-after")
-            except httpx2.TransportError:
-                pass
+            except httpx2.TransportError as exc:
+                error = f"{type(exc).__name__}: {exc}"
             answered = time.monotonic()
-            self.sent.append(Sent(case, step, status, answered - began, answered, retry_after))
+            self.sent.append(
+                Sent(case, step, status, answered - began, answered, retry_after, error)
+            )
             step += 1
             slot = max(slot + interval, answered)
 
@@ -153,21 +161,27 @@ class Answers:
     statuses: Counter[int | None]
     max_seconds: float
     p99_seconds: float
+    failed: list[Sent]  # the first few not answered 2xx
 
     @classmethod
     def of(cls, sent: list[Sent]) -> Answers:
         seconds = sorted(s.seconds for s in sent)
         p99 = seconds[min(len(seconds) - 1, math.ceil(len(seconds) * 0.99) - 1)] if sent else 0
-        return cls(len(sent), Counter(s.status for s in sent), seconds[-1] if sent else 0.0, p99)
+        failed = [s for s in sent if not s.acknowledged][:5]
+        statuses = Counter(s.status for s in sent)
+        return cls(len(sent), statuses, seconds[-1] if sent else 0.0, p99, failed)
 
     def __str__(self) -> str:
         statuses = ", ".join(
             f"{status}: {n}" for status, n in sorted(self.statuses.items(), key=str)
         )
-        return (
+        text = (
             f"{self.total} answers ({statuses}), slowest {self.max_seconds:.2f} s, "
             f"p99 {self.p99_seconds:.2f} s"
         )
+        for s in self.failed:
+            text += f"; {s.event_id}: {s.status or s.error} after {s.seconds:.2f} s"
+        return text
 
 
 @dataclass
