@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -11,7 +12,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+)
 from aiokafka.partitioner import murmur2
 
 from bridge.errors import BrokerUnavailable, PublishError, PublishRejected
@@ -24,6 +30,13 @@ logger = logging.getLogger(__name__)
 # Kafka's key hash, remembered for the case ids seen lately (a case brings several).
 _murmur2 = functools.lru_cache(maxsize=16_384)(murmur2)
 CHECK_CACHE_SECONDS = 2.0  # readiness probes come often; ask the broker at most this often
+# Refusals an idempotent producer never gets over: aiokafka keeps its producer id and sequence
+# numbers, so every later record of the partition is refused alike (aio-libs/aiokafka#1017).
+# Seen after a whole cluster was down for over request_timeout_ms: aiokafka expires the
+# batches of a leaderless partition after giving them sequence numbers, leaving a gap the
+# broker refuses with OutOfOrderSequenceNumber. A new producer gets a new producer id and
+# starts again at sequence 0; the refused records are retried (spooled), not dropped.
+_WEDGED = (OutOfOrderSequenceNumber, InvalidProducerEpoch, ProducerFenced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +69,11 @@ class KafkaPublisher:
         self._settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._checked: tuple[float, str | None] = (0.0, None)
+        self._renewal: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    def _new_producer(self) -> AIOKafkaProducer:
         s = self._settings
-        producer = AIOKafkaProducer(
+        return AIOKafkaProducer(
             **kafka_options(s),
             acks="all",
             enable_idempotence=s.kafka_enable_idempotence,
@@ -68,6 +82,10 @@ class KafkaPublisher:
             max_request_size=s.kafka_max_request_size,
             request_timeout_ms=s.kafka_request_timeout_ms,
         )
+
+    async def start(self) -> None:
+        s = self._settings
+        producer = self._new_producer()
         try:
             async with asyncio.timeout(s.kafka_connect_timeout):
                 await producer.start()
@@ -81,27 +99,54 @@ class KafkaPublisher:
         self._producer = producer
 
     async def stop(self, timeout: float) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewal
         if self._producer is not None:
             # aiokafka's stop() flushes and can wait forever on a dead broker: bound it.
             await _bounded(self._producer.stop(), timeout)
             self._producer = None
 
     async def publish(self, record: Record) -> Delivery:
-        if self._producer is None:
+        producer = self._producer
+        if producer is None:
             raise PublishError("publisher not started")
         topic, key = record.topic, record.key
         try:
-            meta = await self._producer.send_and_wait(
+            meta = await producer.send_and_wait(
                 topic,
                 record.value,
                 key=key,
                 partition=self._partition(topic, key),
                 headers=record.headers,
             )
+        except _WEDGED as exc:
+            self._renew(producer, exc)
+            raise PublishError(f"{type(exc).__name__}: {exc}; renewing the producer") from exc
         except KafkaError as exc:
             error = PublishError if exc.retriable else PublishRejected
             raise error(f"{type(exc).__name__}: {exc}") from exc
         return Delivery(meta.topic, meta.partition, meta.offset)
+
+    def _renew(self, wedged: AIOKafkaProducer, reason: KafkaError) -> None:
+        """Replace `wedged` by a new producer, once, in the background."""
+        if self._producer is wedged and (self._renewal is None or self._renewal.done()):
+            self._renewal = asyncio.create_task(self._replace(wedged, reason))
+
+    async def _replace(self, wedged: AIOKafkaProducer, reason: KafkaError) -> None:
+        fresh = self._new_producer()
+        try:
+            async with asyncio.timeout(self._settings.kafka_connect_timeout):
+                await fresh.start()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            logger.warning("Kafka producer not renewed (%s): trying at the next refusal", exc)
+            await _bounded(fresh.stop(), 2.0)
+            return
+        self._producer = fresh
+        logger.warning("Kafka producer renewed: the old one was refused (%r)", reason)
+        # Its queued records are refused alike and fail fast; they are in the spool already.
+        await _bounded(wedged.stop(), 5.0)
 
     def _partition(self, topic: str, key: bytes | None) -> int | None:
         """The partition of a key, as aiokafka's default partitioner (and Kafka's Java client)
