@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -38,6 +38,8 @@ SUFFIX = "event-ids"
 SHARE_EVERY = 0.1  # seconds between batches: the lag a retry at another process must beat
 SHARE_BUDGET = 1.0  # a batch not acknowledged within this is kept by this process alone
 RETRY_EVERY = 5.0  # seconds between attempts while the topic is unavailable
+METADATA_WAIT = 3.0  # seconds to learn the topic's partitions before calling it missing
+ID_DELIVERY_MS = 2000
 FETCH_WAIT_MS = 100  # the broker answers a follower's fetch at least this often
 _MS = struct.Struct(">q")  # the value: when the id was stored, ms since the epoch
 
@@ -218,7 +220,10 @@ class EventIdTopic:
             # A duplicate id record is harmless (compaction keeps one): no producer ids needed.
             enable_idempotence=False,
             linger_ms=5,
-            request_timeout_ms=self.settings.kafka_request_timeout_ms,
+            # An id batch not delivered by then is given up (it went to the spool's table
+            # after SHARE_BUDGET): retrying it for the records' 30 s would only keep asking
+            # for a topic that is gone.
+            request_timeout_ms=ID_DELIVERY_MS,
         )
         consumer = AIOKafkaConsumer(
             **options,
@@ -231,7 +236,7 @@ class EventIdTopic:
             async with asyncio.timeout(self.settings.kafka_connect_timeout):
                 await producer.start()
                 await consumer.start()
-                partitions = await self._assign(consumer)
+                partitions = await self._assign(producer, consumer)
             self._producer = producer
             self._available()
             await self._read(consumer, partitions, learn)
@@ -244,10 +249,18 @@ class EventIdTopic:
                 async with asyncio.timeout(2.0):
                     await producer.stop()
 
-    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+    async def _assign(
+        self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer
+    ) -> list[TopicPartition]:
         """Every partition, each from the first record of the window."""
-        await consumer.topics()
-        numbers = consumer.partitions_for_topic(self.topic)
+        await self._check_exists(consumer)
+        # The producer asks for this topic's metadata (a consumer without a group knows only
+        # the topics of its first metadata, which Apache Kafka gives none of).
+        try:
+            async with asyncio.timeout(METADATA_WAIT):
+                numbers = await producer.partitions_for(self.topic)
+        except (KafkaError, TimeoutError):
+            numbers = None
         if not numbers:
             raise LookupError(f"no topic {self.topic}")
         partitions = [TopicPartition(self.topic, p) for p in sorted(numbers)]
@@ -262,28 +275,45 @@ class EventIdTopic:
                 consumer.seek(tp, start.offset)
         return partitions
 
+    async def _check_exists(self, consumer: AIOKafkaConsumer) -> None:
+        # One metadata request; a client left waiting on a missing topic would ask (and log)
+        # many times a second.
+        if self.topic not in await consumer.topics():
+            raise LookupError(f"no topic {self.topic}")
+
     async def _read(
         self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition], learn: Learn
     ) -> None:
         started = time.time()
         end = await consumer.end_offsets(partitions)
         waiting = set(partitions)  # until each is read up to where it ended at start
-        lag = self.metrics.dedup_lag
+        checked = time.monotonic()
         while True:
+            if not self.up:  # a batch was refused: start again from the topic's existence
+                raise LookupError(f"{self.topic} does not take event ids")
+            if time.monotonic() - checked > RETRY_EVERY:
+                await self._check_exists(consumer)
+                checked = time.monotonic()
             for tp in list(waiting):
                 if await consumer.position(tp) >= end[tp]:
                     waiting.discard(tp)
             if not waiting:
                 self._caught_up.set()
             batch = await consumer.getmany(timeout_ms=200)
-            now = time.time()
             for records in batch.values():
-                for record in records:
-                    if record.key is None or record.value is None or len(record.value) != 8:
-                        continue  # not ours
-                    stored = _MS.unpack(record.value)[0] / 1000
-                    if learn(record.key, stored):
-                        self.learned += 1
-                        if stored >= started:  # live, not read back: how far behind it is
-                            lag.observe(max(0.0, now - stored))
-                        self.metrics.dedup_learned.inc()
+                self._learn(records, learn, started)
+
+    def _learn(
+        self, records: list[ConsumerRecord[bytes, bytes]], learn: Learn, since: float
+    ) -> None:
+        now = time.time()
+        lag, learned = self.metrics.dedup_lag, self.metrics.dedup_learned
+        for record in records:
+            if record.key is None or record.value is None or len(record.value) != _MS.size:
+                continue  # not an id bridge wrote
+            stored = _MS.unpack(record.value)[0] / 1000
+            if learn(record.key, stored):
+                self.learned += 1
+                learned.inc()
+                if stored >= since:  # live, not read back: how far behind the others it is
+                    lag.observe(max(0.0, now - stored))

@@ -27,13 +27,14 @@ from pathlib import Path
 import httpx2
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bridge.broker import EmbeddedBroker, KafkaCluster, create_topics, free_port, kafka_missing
 from bridge.event_ids import config_problem, event_ids_topic
 from bridge.routing import all_topics
 from bridge.settings import load_settings
-from tests.conftest import consume, sample
+from tests.conftest import sample
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -169,10 +170,8 @@ def start_all(processes: list[Bridge], workers: int = 1) -> None:
         bridge.wait_serving(workers)
 
 
-async def post(url: str, body: bytes) -> int:
-    # A connection of its own each time: with workers, the kernel picks one per connection.
-    async with httpx2.AsyncClient(timeout=15) as client:
-        return (await client.post(url, content=body)).status_code
+async def post(client: httpx2.AsyncClient, url: str, body: bytes) -> int:
+    return (await client.post(url, content=body)).status_code
 
 
 async def send_retries(
@@ -183,23 +182,44 @@ async def send_retries(
     rng = random.Random(seed)  # noqa: S311 - a test's choices, seeded to repeat
     times = {case: rng.randint(1, 6) for case in range(cases)}
     answers: dict[int, list[int]] = {case: [] for case in times}
-    for attempt in range(6):
-        if attempt == 3 and callable(halfway):
-            await halfway()
-        live = [b for b in targets if b.process is not None]
-        due = [case for case, count in times.items() if attempt < count]
-        statuses = await asyncio.gather(
-            *(post(rng.choice(live).url, notification(case)) for case in due)
-        )
-        for case, status in zip(due, statuses, strict=True):
-            answers[case].append(status)
-        await asyncio.sleep(RETRY_AFTER)
+    # A connection of its own for each request: with workers, the kernel picks one for each.
+    fresh = httpx2.Limits(max_keepalive_connections=0)
+    async with httpx2.AsyncClient(timeout=15, limits=fresh) as client:
+        for attempt in range(6):
+            if attempt == 3 and callable(halfway):
+                await halfway()
+            live = [b for b in targets if b.process is not None]
+            due = [case for case, count in times.items() if attempt < count]
+            statuses = await asyncio.gather(
+                *(post(client, rng.choice(live).url, notification(case)) for case in due)
+            )
+            for case, status in zip(due, statuses, strict=True):
+                answers[case].append(status)
+            await asyncio.sleep(RETRY_AFTER)
     return answers
 
 
 async def landed(broker: Broker, prefix: str) -> Counter[str]:
-    records = await consume(broker.bootstrap_servers, [f"{prefix}call"], idle=2.0)
-    return Counter(dict(r.headers)["event-id"].decode() for r in records)
+    """What is in `<prefix>call`, by event id, read until nothing comes for 2 s (Tansu's end
+    offsets are not to be trusted after multi-record batches)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=None)
+    await consumer.start()
+    try:
+        # The prefix fixture made it with 3 partitions (create_topics' default); assigned by
+        # number, as a consumer without a group does not learn new topics' partitions.
+        consumer.assign([TopicPartition(f"{prefix}call", p) for p in range(3)])
+        await consumer.seek_to_beginning()
+        counts: Counter[str] = Counter()
+        last = time.monotonic()
+        while time.monotonic() - last < 2.0:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                counts.update(dict(r.headers)["event-id"].decode() for r in records)
+            if batch:
+                last = time.monotonic()
+        return counts
+    finally:
+        await consumer.stop()
 
 
 def metric(text: str, name: str) -> float:
@@ -296,7 +316,6 @@ async def test_without_the_topic_nothing_is_lost_and_the_duplicates_are_counted(
     finally:
         await admin.close()
 
-    started = time.monotonic()
     answers = await send_retries(bridges, cases=24, seed=17)
     counts = await landed(any_broker, prefix)
     texts = [b.metrics() for b in bridges]
@@ -307,10 +326,8 @@ async def test_without_the_topic_nothing_is_lost_and_the_duplicates_are_counted(
     assert unshared > 0
     assert duplicates <= unshared
     assert all(metric(t, "bridge_dedup_shared") == 0 for t in texts)
-    # Nothing waited on the topic: every answer came as fast as the rounds allow.
-    assert time.monotonic() - started < 6 * RETRY_AFTER + 20
     # A retry to the process that stored the first try is still dropped: its own memory.
-    dropped = 'bridge_notifications_total{type="call",outcome="duplicate"}'
+    dropped = 'bridge_notifications_total{outcome="duplicate",type="call"}'
     assert sum(metric(t, dropped) for t in texts) > 0
 
 
