@@ -20,7 +20,7 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -164,13 +164,7 @@ class EventIdTopic:
             return False
         try:
             async with asyncio.timeout(SHARE_BUDGET):
-                sent = []
-                for key, stored in events:
-                    ms = round(stored * 1000)
-                    sent.append(
-                        await producer.send(self.topic, _MS.pack(ms), key=key, timestamp_ms=ms)
-                    )
-                await asyncio.gather(*sent)
+                await send_ids(producer, self.topic, events)
         except (KafkaError, OSError, TimeoutError) as exc:
             self.metrics.kafka_errors.labels("event_ids").inc()
             self.metrics.dedup_unshared.inc(len(events))
@@ -213,25 +207,7 @@ class EventIdTopic:
             await asyncio.sleep(RETRY_EVERY)
 
     async def _follow(self, learn: Learn) -> None:
-        options = kafka_options(self.settings)
-        producer = AIOKafkaProducer(
-            **options,
-            acks="all",
-            # A duplicate id record is harmless (compaction keeps one): no producer ids needed.
-            enable_idempotence=False,
-            linger_ms=5,
-            # An id batch not delivered by then is given up (it went to the spool's table
-            # after SHARE_BUDGET): retrying it for the records' 30 s would only keep asking
-            # for a topic that is gone.
-            request_timeout_ms=ID_DELIVERY_MS,
-        )
-        consumer = AIOKafkaConsumer(
-            **options,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",  # a topic deleted and created again: read it all
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-        )
+        producer, consumer = id_producer(self.settings), id_consumer(self.settings)
         try:
             async with asyncio.timeout(self.settings.kafka_connect_timeout):
                 await producer.start()
@@ -308,12 +284,51 @@ class EventIdTopic:
     ) -> None:
         now = time.time()
         lag, learned = self.metrics.dedup_lag, self.metrics.dedup_learned
-        for record in records:
-            if record.key is None or record.value is None or len(record.value) != _MS.size:
-                continue  # not an id bridge wrote
-            stored = _MS.unpack(record.value)[0] / 1000
-            if learn(record.key, stored):
+        for key, stored in decode_ids(records):
+            if learn(key, stored):
                 self.learned += 1
                 learned.inc()
                 if stored >= since:  # live, not read back: how far behind the others it is
                     lag.observe(max(0.0, now - stored))
+
+
+def id_producer(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **kafka_options(settings),
+        acks="all",
+        # A duplicate id record is harmless (compaction keeps one): no producer ids needed.
+        enable_idempotence=False,
+        linger_ms=5,
+        # An id batch not delivered by then is given up (it went to the spool's table after
+        # SHARE_BUDGET): retrying it for the records' 30 s would only keep asking for a topic
+        # that is gone.
+        request_timeout_ms=ID_DELIVERY_MS,
+    )
+
+
+def id_consumer(settings: Settings) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        **kafka_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",  # a topic deleted and created again: read it all
+        fetch_max_wait_ms=FETCH_WAIT_MS,
+    )
+
+
+async def send_ids(
+    producer: AIOKafkaProducer, topic: str, events: list[tuple[bytes, float]]
+) -> None:
+    """Publish (digest, stored at) pairs and wait for their acknowledgement, as one batch."""
+    sent = []
+    for key, stored in events:
+        ms = round(stored * 1000)
+        sent.append(await producer.send(topic, _MS.pack(ms), key=key, timestamp_ms=ms))
+    await asyncio.gather(*sent)
+
+
+def decode_ids(records: list[ConsumerRecord[bytes, bytes]]) -> Iterator[tuple[bytes, float]]:
+    """(digest, stored at) of each record bridge wrote."""
+    for record in records:
+        if record.key is not None and record.value is not None and len(record.value) == _MS.size:
+            yield record.key, _MS.unpack(record.value)[0] / 1000
