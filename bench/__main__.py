@@ -25,7 +25,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench import instructions, load, stages
+from bench import instructions, load, shared_ids, stages
 from bench.bodies import BODIES, stream
 from bridge.broker import EmbeddedBroker, create_topics, free_port
 from bridge.routing import all_topics
@@ -406,6 +406,9 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
         say(f"| **2 workers / 1 worker** | **{scale:.2f}x** | | | | | | |")
         say()
         say(f"One worker, {cores(ones[first])}. Two workers, {cores(two)}.\n")
+        say("Both with the event ids shared through their topic (BRIDGE_DEDUP_SHARED).\n")
+        say("## Sharing the event ids (bench/shared_ids.py)\n")
+        say(shared_ids.report(asyncio.run(shared_ids.measure(broker.bootstrap_servers))) + "\n")
         say(f"## Overload ({first} body, 1,024 connections: beyond BRIDGE_MAX_IN_FLIGHT=512)\n")
         say(
             "| run | req/s | p50 ms | p99 ms | max ms | errors (503 by design) | peak RSS MB "

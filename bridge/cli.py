@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from bridge.auth import require_credentials
 from bridge.codec.compat import LEVELS
 from bridge.codec.schemas import load_schemas
 from bridge.errors import BridgeError, ConfigError
+from bridge.event_ids import ensure_topic, event_ids_topic
 from bridge.kafka_check import check_connection
 from bridge.logs import configure_logging
 from bridge.parse import TYPES
@@ -25,6 +27,7 @@ from bridge.settings import Settings, load_settings
 from bridge.supervisor import server_config
 from bridge.tail import TailOptions, tail
 
+lifecycle = logging.getLogger("bridge.lifecycle")
 __all__ = ["main", "server_config"]  # server_config lived here: still importable from here
 
 
@@ -171,6 +174,12 @@ async def _preflight(settings: Settings) -> None:
     publisher = KafkaPublisher(settings)
     await publisher.start()
     await publisher.stop(timeout=5.0)
+    if settings.dedup_shared and settings.dedup_window > 0:
+        # bridge's own topic, like a Kafka Streams changelog: created here, once for all
+        # workers. Without it bridge still serves, each process remembering alone.
+        problem = await ensure_topic(settings, event_ids_topic(settings))
+        if problem is not None:
+            lifecycle.warning("%s: each process will remember its event ids alone", problem)
 
 
 def _dev(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:

@@ -1,7 +1,8 @@
 """The composition root: every long-lived part of the service, built once and handed its
 collaborators; started in order and stopped in reverse, each stop bounded in time.
 
-    spool  <- dedup (its event ids persist in the spool's file)
+    spool, event-ids topic  <- dedup (its event ids shared through the topic, and kept in the
+                               spool's file when the topic cannot take them)
     codec  <- registry ids (resolved at start)
     publisher, registry, spool, dedup, codec, metrics -> pipeline
 """
@@ -16,6 +17,7 @@ from bridge.codec.encode import Codec
 from bridge.codec.schemas import load_schemas
 from bridge.dedup import Deduplicator
 from bridge.errors import BridgeError
+from bridge.event_ids import SHARE_EVERY, EventIdTopic
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.publish import KafkaPublisher, Publisher
@@ -24,6 +26,7 @@ from bridge.settings import Settings
 from bridge.spool import Spool
 
 lifecycle = logging.getLogger("bridge.lifecycle")
+FLUSH_EVERY = 1.0  # seconds between writes of the event ids to the spool's file, unshared
 
 
 class Container:
@@ -36,10 +39,19 @@ class Container:
             if settings.spool_dir is not None
             else None
         )
-        self.dedup = Deduplicator(settings.dedup_window, settings.dedup_max_entries, self.spool)
+        self.metrics = Metrics()
+        # Shared through the Kafka the records go to; a publisher handed in (tests, dry runs)
+        # has no Kafka of bridge's own to share through.
+        self.event_ids = (
+            EventIdTopic(settings, self.metrics)
+            if settings.dedup_shared and settings.dedup_window > 0 and publisher is None
+            else None
+        )
+        self.dedup = Deduplicator(
+            settings.dedup_window, settings.dedup_max_entries, self.spool, self.event_ids
+        )
         self.publisher = publisher or KafkaPublisher(settings)
         self.registry = SchemaRegistry(settings) if settings.schema_registry_url else None
-        self.metrics = Metrics()
         self.pipeline = Pipeline(
             settings,
             self.publisher,
@@ -51,10 +63,12 @@ class Container:
             metrics=self.metrics,
         )
         self._drainer: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the spool and read back its event ids, resolve the schema ids, connect to
-        Kafka, start draining the spool. On failure, what was opened is closed again."""
+        Kafka, read back the shared event ids, start draining the spool and sharing the ids.
+        On failure, what was opened is closed again."""
         try:
             if self.spool is not None:
                 await self._open_spool(self.spool)
@@ -63,13 +77,27 @@ class Container:
             if self.registry is not None:
                 self.codec.use_ids(await resolve_ids(self.registry, self.settings, self.schemas))
             await self.publisher.start()
+            if self.event_ids is not None:  # never fails: without it, this process alone
+                await self.event_ids.start(self.dedup.learn)
         except BaseException:
+            if self.event_ids is not None:
+                await self.event_ids.stop()
             if self.registry is not None:
                 await self.registry.close()
             if self.spool is not None:
                 await self.spool.close()
             raise
         self._drainer = asyncio.create_task(self.pipeline.drain_forever(), name="spool-drain")
+        self._flusher = asyncio.create_task(self._flush_forever(), name="event-id-flush")
+
+    async def _flush_forever(self) -> None:
+        every = SHARE_EVERY if self.event_ids is not None else FLUSH_EVERY
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.dedup.flush()
+            except BridgeError as exc:  # the spool's file: the ids stay in memory
+                lifecycle.warning("event ids not written to the spool: %s", exc)
 
     @staticmethod
     async def _open_spool(spool: Spool) -> None:
@@ -94,13 +122,16 @@ class Container:
         # uvicorn has already stopped taking requests and waited for those in flight; whatever
         # Kafka did not acknowledge is in the spool, so nothing here may wait without bound.
         budget = self.settings.shutdown_timeout
-        if self._drainer is not None:
-            self._drainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self._drainer
+        for task in (self._drainer, self._flusher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await task
         with contextlib.suppress(BridgeError):
-            await self.dedup.flush()
+            await self.dedup.flush()  # shared within its budget, else kept in the file
+        if self.event_ids is not None:
+            await self.event_ids.stop()
         await self.publisher.stop(timeout=budget / 2)
         if self.registry is not None:
             await self.registry.close()

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from bridge.app import WEBHOOK_PATH
 from bridge.broker import EmbeddedBroker, create_topics, free_port
+from bridge.event_ids import ensure_topic, event_ids_topic
 from bridge.routing import all_topics
 from bridge.settings import Settings
 from bridge.supervisor import run
@@ -38,6 +39,7 @@ def serve(settings: Settings, partitions: int) -> int:
         asyncio.run(
             create_topics(broker.bootstrap_servers, all_topics(settings.topic_prefix), partitions)
         )
+        asyncio.run(ensure_topic(settings, event_ids_topic(settings)))
         scheme = "https" if settings.tls_certfile else "http"
         token = settings.tokens[0] if settings.tokens else ""
         url = f"{scheme}://{settings.host}:{settings.port}{WEBHOOK_PATH}" + (

@@ -88,6 +88,23 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.dedup_unshared = Counter(
+            "bridge_dedup_unshared",
+            "Event ids stored that the event-ids topic did not take: only this process drops "
+            "their retries (a retry reaching another process may be stored twice).",
+            registry=r,
+        )
+        self.dedup_learned = Counter(
+            "bridge_dedup_learned",
+            "Event ids learned from the event-ids topic: stored by another process.",
+            registry=r,
+        )
+        self.dedup_lag = Histogram(
+            "bridge_dedup_share_lag_seconds",
+            "From an event id's storing at another process to this process learning it.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5, 10),
+            registry=r,
+        )
         Gauge(
             "bridge_build_info",
             "Version of bridge and of Python.",
@@ -105,6 +122,12 @@ class Metrics:
             "livemin",
         )  # fmt: skip
         self.dedup = gauge("bridge_dedup_event_ids", "Event ids remembered for duplicates.")
+        self.dedup_shared = gauge(
+            "bridge_dedup_shared",
+            "1 while event ids are shared through the event-ids topic, 0 while this process "
+            "falls back to its own memory (or sharing is off).",
+            "livemin",
+        )
         self.spool_depth = gauge("bridge_spool_depth", "Notifications waiting in the spool.")
         self.spool_bytes = gauge("bridge_spool_bytes", "Bytes held by the spool.")
         self.spool_max_bytes = gauge("bridge_spool_max_bytes", "Size limit of the spool.")

@@ -235,7 +235,6 @@ class Pipeline:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await spool.appended.wait()
-                await self.dedup.flush()
                 continue
             try:
                 await self.drain_once()
@@ -246,7 +245,6 @@ class Pipeline:
                 backoff = min(backoff * 2, 5.0)
             else:
                 backoff = 0.5
-            await self.dedup.flush()
 
     async def drain_once(self) -> int:
         """Send one batch of the oldest entries; return how many were acknowledged."""

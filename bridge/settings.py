@@ -99,6 +99,12 @@ class Settings(BaseSettings):
         ge=1000,
         description="Most event ids remembered (bounds memory: about 120 bytes each).",
     )
+    dedup_shared: bool = Field(
+        True,  # noqa: FBT003
+        description="Share the event ids stored with every other process (workers, replicas) "
+        "through the compacted topic `<prefix>event-ids`, so a retry reaching another process "
+        "is dropped too; `bridge serve` creates the topic when it is missing.",
+    )
     max_in_flight: int = Field(
         512, ge=1, description="Notifications handled at once; beyond it 503 at once."
     )

@@ -195,3 +195,64 @@ async def test_a_file_that_holds_more_than_memory_is_cut_down(clock: Clock, tmp_
     assert len(stored) <= 1001
     assert stored[-1][0] == "new"
     await spool.close()
+
+
+class Topic:
+    """The event-ids topic as `SharedIds` sees it: takes batches, or refuses them."""
+
+    def __init__(self) -> None:
+        self.taking = True
+        self.shared: list[tuple[bytes, float]] = []
+
+    async def share(self, events: list[tuple[bytes, float]]) -> bool:
+        if self.taking:
+            self.shared += events
+        return self.taking
+
+
+async def test_ids_go_to_the_topic_and_to_the_file_only_when_the_topic_refuses(
+    clock: Clock, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path, 10_000_000)
+    await spool.open()
+    topic = Topic()
+    seen = Deduplicator(window=600, max_entries=1000, store=spool, shared=topic)
+    seen.remember("call:shared")
+    await seen.flush()
+    assert topic.shared == [(dedup.digest("call:shared"), clock.now)]
+    topic.taking = False
+    seen.remember("call:alone")
+    await seen.flush()
+    stored = [row async for page in spool.remembered(0, 1_000_000) for row in page]
+    assert stored == [("call:alone", clock.now)]  # what only this process knows survives it
+    await spool.close()
+
+
+def test_an_id_learned_from_another_process_is_a_duplicate_here(clock: Clock) -> None:
+    seen = Deduplicator(window=600, max_entries=1000)
+    assert seen.learn(dedup.digest("call:elsewhere"), clock.now - 0.2)
+    assert seen.seen("call:elsewhere")
+    assert not seen.learn(dedup.digest("call:old"), clock.now - 601)  # out of the window
+    assert not seen.seen("call:old")
+
+
+def test_an_own_id_coming_back_from_the_topic_is_not_added_again(clock: Clock) -> None:
+    seen = Deduplicator(window=600, max_entries=1000)
+    seen.remember("call:1")
+    clock.now += 0.3
+    seen.remember("call:2")  # same stamp as call:1, 0.3 s later
+    clock.now += 0.2
+    assert not seen.learn(dedup.digest("call:2"), clock.now - 0.2)
+    assert len(seen) == 2
+    # Each id is in the order of expiry once: forgetting stays one step an id.
+    assert sum(len(keys) for _, keys in seen._order) == 2
+
+
+def test_ids_learned_a_moment_late_share_the_current_stamp(clock: Clock) -> None:
+    seen = Deduplicator(window=600, max_entries=1000)
+    seen.remember("call:here")
+    for i in range(100):
+        assert seen.learn(dedup.digest(f"call:there-{i}"), clock.now - 0.15)
+    assert len(seen._order) == 1  # one stamp, not one per late id
+    clock.now += 600.5
+    assert not seen.seen("call:there-0")  # and they expire with it

@@ -193,7 +193,7 @@ def test_every_option_renders() -> None:
                 **REQUIRED,
                 "spool": {"persistence": {"enabled": False}},
                 "ingress": {"enabled": True},
-                "autoscaling": {"enabled": True},
+                "autoscaling": {"enabled": True, "inFlightPerPod": "50"},
                 "serviceMonitor": {"enabled": True},
                 "config": {"kafka_sasl_mechanism": "SCRAM-SHA-512"},
             }
@@ -201,6 +201,12 @@ def test_every_option_renders() -> None:
     )
     assert {"Deployment", "Ingress", "HorizontalPodAutoscaler", "ServiceMonitor"} <= set(kinds)
     assert kinds["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    scaled_on = [
+        m["pods"]["metric"]["name"]
+        for m in kinds["HorizontalPodAutoscaler"]["spec"]["metrics"]
+        if m["type"] == "Pods"
+    ]
+    assert scaled_on == ["bridge_in_flight"]  # a gauge bridge exposes (checked above)
     rule = kinds["Ingress"]["spec"]["rules"][0]["http"]["paths"][0]
     assert rule["path"] == WEBHOOK_PATH
     assert kinds["Ingress"]["spec"]["tls"][0]["hosts"] == ["bridge.example.com"]

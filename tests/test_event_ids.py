@@ -1,0 +1,319 @@
+"""Event ids shared through `<prefix>event-ids`: several bridge processes, one memory.
+
+Each test runs `bridge serve` processes (separate spools) on one broker, sends each
+notification 1 to 6 times to random processes, retries spaced as the vendor's are (after the
+previous answer, here 1.5 s instead of a minute), and counts by the `event-id` header what
+landed. Both brokers, through the suite's `broker` matrix: Tansu and a one-node Apache Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bridge.broker import create_topics, free_port
+from bridge.event_ids import config_problem, event_ids_topic
+from bridge.routing import all_topics
+from bridge.settings import load_settings
+from tests.helpers import Broker, sample
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+
+TOKEN = "ids-token"
+TEMPLATE = sample("call")
+RETRY_AFTER = 1.5  # seconds after the previous answer (the vendor waits a minute)
+
+
+@pytest.fixture
+def prefix(broker: Broker) -> str:
+    name = f"t{uuid.uuid4().hex[:10]}."
+    asyncio.run(create_topics(broker.bootstrap_servers, all_topics(name)))
+    return name
+
+
+def notification(case: int) -> bytes:
+    data = {**TEMPLATE, "callee": {**TEMPLATE["callee"], "case_id": f"case-{case}"}}
+    data["call"] = {**TEMPLATE["call"], "call_id": f"ids-{case}"}
+    return orjson.dumps(data)
+
+
+class Bridge:
+    """`bridge serve` as a child process, on its own port and spool."""
+
+    def __init__(self, broker: Broker, prefix: str, directory: Path, **extra: str) -> None:
+        self.port = free_port()
+        self.log = directory / "bridge.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        self.env.update(
+            BRIDGE_KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
+            BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false" if broker.name == "tansu" else "true",
+            BRIDGE_TOPIC_PREFIX=prefix,
+            BRIDGE_PORT=str(self.port),
+            BRIDGE_SPOOL_DIR=str(directory / "spool"),
+            BRIDGE_AUTH_TOKENS=TOKEN,
+            BRIDGE_LOG_LEVEL="info",
+            **extra,
+        )
+        self.url = f"http://127.0.0.1:{self.port}/webhooks/airudder/{TOKEN}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bridge", "serve"], env=self.env, stdout=log, stderr=log
+            )
+
+    def wait_serving(self, workers: int = 1, timeout: float = 40.0) -> None:
+        deadline = time.monotonic() + timeout
+        while listening(self.port) < workers:
+            assert self.process is not None
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"bridge did not serve: {self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def metrics(self) -> str:
+        return httpx2.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10).text
+
+
+def listening(port: int) -> int:
+    """Sockets listening on the port (one per worker: SO_REUSEPORT)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            count += fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port
+    if count == 0:  # not Linux's /proc: one connection tells at least one
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return 1
+        except OSError:
+            return 0
+    return count
+
+
+def workers_of(pid: int) -> list[int]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [
+        int(child)
+        for child in children
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+@pytest.fixture
+def bridges(tmp_path: Path) -> Iterator[list[Bridge]]:
+    started: list[Bridge] = []
+    yield started
+    for bridge in started:
+        bridge.kill()
+
+
+def start_all(processes: list[Bridge], workers: int = 1) -> None:
+    for bridge in processes:
+        bridge.start()
+    for bridge in processes:
+        bridge.wait_serving(workers)
+
+
+async def post(client: httpx2.AsyncClient, url: str, body: bytes) -> int:
+    return (await client.post(url, content=body)).status_code
+
+
+async def send_retries(
+    targets: list[Bridge], cases: int, seed: int, halfway: object = None
+) -> dict[int, list[int]]:
+    """Each case sent 1-6 times, each time to a random target, the next try RETRY_AFTER after
+    the previous answer; `halfway` (a coroutine function) runs after the third round."""
+    rng = random.Random(seed)  # noqa: S311 - a test's choices, seeded to repeat
+    times = {case: rng.randint(1, 6) for case in range(cases)}
+    answers: dict[int, list[int]] = {case: [] for case in times}
+    # A connection of its own for each request: with workers, the kernel picks one for each.
+    fresh = httpx2.Limits(max_keepalive_connections=0)
+    async with httpx2.AsyncClient(timeout=15, limits=fresh) as client:
+        for attempt in range(6):
+            if attempt == 3 and callable(halfway):
+                await halfway()
+            live = [b for b in targets if b.process is not None]
+            due = [case for case, count in times.items() if attempt < count]
+            statuses = await asyncio.gather(
+                *(post(client, rng.choice(live).url, notification(case)) for case in due)
+            )
+            for case, status in zip(due, statuses, strict=True):
+                answers[case].append(status)
+            await asyncio.sleep(RETRY_AFTER)
+    return answers
+
+
+async def landed(broker: Broker, prefix: str) -> Counter[str]:
+    """What is in `<prefix>call`, by event id, read until nothing comes for 2 s (Tansu's end
+    offsets are not to be trusted after multi-record batches)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=None)
+    await consumer.start()
+    try:
+        # The prefix fixture made it with 3 partitions (create_topics' default); assigned by
+        # number, as a consumer without a group does not learn new topics' partitions.
+        consumer.assign([TopicPartition(f"{prefix}call", p) for p in range(3)])
+        await consumer.seek_to_beginning()
+        counts: Counter[str] = Counter()
+        last = time.monotonic()
+        while time.monotonic() - last < 2.0:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                counts.update(dict(r.headers)["event-id"].decode() for r in records)
+            if batch:
+                last = time.monotonic()
+        return counts
+    finally:
+        await consumer.stop()
+
+
+def metric(text: str, name: str) -> float:
+    found = re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
+    return sum(float(value) for value in found)
+
+
+def lag_report(texts: list[str]) -> str:
+    """The share lag, from the processes' histograms: mean and the share under each bound."""
+    count = sum(metric(t, "bridge_dedup_share_lag_seconds_count") for t in texts)
+    total = sum(metric(t, "bridge_dedup_share_lag_seconds_sum") for t in texts)
+    within = {
+        bound: sum(
+            metric(t, f'bridge_dedup_share_lag_seconds_bucket{{le="{bound}"}}') for t in texts
+        )
+        for bound in ("0.1", "0.2", "0.5", "1.0")
+    }
+    shares = ", ".join(f"<= {b} s: {n / count:.0%}" for b, n in within.items()) if count else ""
+    return (
+        f"share lag: {count:.0f} ids learned, mean {total / max(count, 1) * 1000:.0f} ms; {shares}"
+    )
+
+
+def assert_once_each(answers: dict[int, list[int]], counts: Counter[str]) -> None:
+    assert all(status == 200 for statuses in answers.values() for status in statuses), answers
+    expected = Counter({f"call:ids-{case}": 1 for case in answers})
+    lost = sorted(set(expected) - set(counts))
+    twice = {event_id: n for event_id, n in counts.items() if n > 1}
+    assert lost == [], f"{len(lost)} lost"
+    assert twice == {}, f"{len(twice)} stored more than once"
+    assert counts == expected
+
+
+async def test_three_processes_one_restarted_store_each_notification_once(
+    broker: Broker, prefix: str, tmp_path: Path, bridges: list[Bridge]
+) -> None:
+    bridges += [Bridge(broker, prefix, tmp_path / f"p{i}") for i in range(3)]
+    for i in range(3):
+        (tmp_path / f"p{i}").mkdir()
+    await asyncio.to_thread(start_all, bridges)
+
+    async def restart() -> None:
+        assert await asyncio.to_thread(bridges[1].terminate) == 0
+        bridges[1].start()
+        await asyncio.to_thread(bridges[1].wait_serving)
+
+    answers = await send_retries(bridges, cases=24, seed=15, halfway=restart)
+    counts = await landed(broker, prefix)
+    texts = [b.metrics() for b in bridges]
+    print(f"\n{broker.name}, 3 processes: {lag_report(texts)}")
+    assert_once_each(answers, counts)
+    assert sum(metric(t, "bridge_dedup_learned_total") for t in texts) > 0
+    assert all(metric(t, "bridge_dedup_shared") == 1 for t in texts)
+    assert "event ids of the last" in bridges[1].log.read_text()
+
+
+async def test_three_workers_one_killed_store_each_notification_once(
+    broker: Broker, prefix: str, tmp_path: Path, bridges: list[Bridge]
+) -> None:
+    bridge = Bridge(broker, prefix, tmp_path, BRIDGE_WORKERS="3")
+    bridges.append(bridge)
+    await asyncio.to_thread(start_all, bridges, 3)
+
+    async def kill_a_worker() -> None:
+        await asyncio.sleep(0.5)  # the last answers' ids are shared (every 0.1 s)
+        assert bridge.process is not None
+        os.kill(workers_of(bridge.process.pid)[0], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while listening(bridge.port) == 3 and time.monotonic() < deadline:  # it is gone
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(bridge.wait_serving, 3)  # its replacement is serving
+
+    answers = await send_retries(bridges, cases=24, seed=16, halfway=kill_a_worker)
+    counts = await landed(broker, prefix)
+    text = bridge.metrics()
+    print(f"\n{broker.name}, 3 workers: {lag_report([text])}")
+    assert_once_each(answers, counts)
+    assert metric(text, "bridge_dedup_learned_total") > 0
+
+
+async def test_without_the_topic_nothing_is_lost_and_the_duplicates_are_counted(
+    broker: Broker, prefix: str, tmp_path: Path, bridges: list[Bridge]
+) -> None:
+    if broker.name == "tansu":
+        pytest.skip("Tansu creates a deleted topic again on the next write: it cannot be away")
+    bridges += [Bridge(broker, prefix, tmp_path / f"p{i}") for i in range(3)]
+    for i in range(3):
+        (tmp_path / f"p{i}").mkdir()
+    await asyncio.to_thread(start_all, bridges)
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_topics([f"{prefix}event-ids"])
+    finally:
+        await admin.close()
+
+    answers = await send_retries(bridges, cases=24, seed=17)
+    counts = await landed(broker, prefix)
+    texts = [b.metrics() for b in bridges]
+    assert all(status == 200 for statuses in answers.values() for status in statuses)
+    assert set(counts) == {f"call:ids-{case}" for case in answers}, "lost"
+    duplicates = sum(counts.values()) - len(counts)
+    unshared = sum(metric(t, "bridge_dedup_unshared_total") for t in texts)
+    assert unshared > 0
+    assert duplicates <= unshared
+    assert all(metric(t, "bridge_dedup_shared") == 0 for t in texts)
+    # A retry to the process that stored the first try is still dropped: its own memory.
+    dropped = 'bridge_notifications_total{outcome="duplicate",type="call"}'
+    assert sum(metric(t, dropped) for t in texts) > 0
+
+
+def test_the_topic_is_compacted_and_forgets_after_the_window() -> None:
+    spec = event_ids_topic(load_settings(topic_prefix="x.", dedup_window=1800))
+    assert spec.name == "x.event-ids"
+    assert spec.config["cleanup.policy"] == "compact,delete"
+    assert spec.config["retention.ms"] == "1800000"
+    assert config_problem(spec, dict(spec.config)) is None
+    assert "cleanup.policy" in (config_problem(spec, {"cleanup.policy": "delete"}) or "")
+    assert "shorter" in (
+        config_problem(spec, {"cleanup.policy": "compact,delete", "retention.ms": "1000"}) or ""
+    )
