@@ -24,11 +24,9 @@ from bridge.publish import KafkaPublisher
 from bridge.registry import SchemaRegistry, resolve_ids
 from bridge.routing import DLQ
 from bridge.settings import Settings, load_settings
-from bridge.supervisor import server_config
 from bridge.tail import TailOptions, tail
 
 lifecycle = logging.getLogger("bridge.lifecycle")
-__all__ = ["main", "server_config"]  # server_config lived here: still importable from here
 
 
 def main(argv: Sequence[str] | None = None) -> int:

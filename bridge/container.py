@@ -82,6 +82,7 @@ class Container:
         except BaseException:
             if self.event_ids is not None:
                 await self.event_ids.stop()
+            await self.publisher.stop(timeout=2.0)  # a no-op when it never started
             if self.registry is not None:
                 await self.registry.close()
             if self.spool is not None:

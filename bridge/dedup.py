@@ -119,9 +119,13 @@ class Deduplicator:
         if known is not None and known > stored - STAMP_EVERY:
             return False
         order = self._order
-        if order and 0 < order[-1][0] - stored < STAMP_EVERY:
-            # Stored a moment before the current stamp (the topic's lag, or interleaved
-            # batches at start): joined to it, it lives < 1 s longer and costs no new stamp.
+        # Never a stamp older than the newest (the topic's lag, interleaved batches at start, or
+        # another replica's clock behind ours) nor one in the future (its clock ahead): joined
+        # to the newest, it lives a little longer and costs no new stamp. Without this, a
+        # replica's skew of a few seconds gave every learned and every own id a stamp of its
+        # own: one (float, deque) per id instead of one per second.
+        stored = min(stored, now)
+        if order and stored < order[-1][0]:
             stored = order[-1][0]
         self._add(key, stored)
         self._trim(now)
@@ -144,9 +148,15 @@ class Deduplicator:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        shared = self._shared is not None and await self._shared.share(
-            [(key, when) for _, key, when in pending]
-        )
+        try:
+            shared = self._shared is not None and await self._shared.share(
+                [(key, when) for _, key, when in pending]
+            )
+        except BaseException:
+            # Cancelled (stopping) while sharing: the batch is neither in the topic nor in the
+            # file yet; kept for the next flush, the one at stop, which writes it to the file.
+            self._pending[:0] = pending
+            raise
         if self._store is None:
             return
         now = time.time()

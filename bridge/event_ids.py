@@ -151,8 +151,12 @@ class EventIdTopic:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # the follower died earlier: stopping must go on regardless
+                logger.warning("the event-id follower had failed", exc_info=True)
             self._task = None
 
     # -- publishing ---------------------------------------------------------------------------

@@ -84,7 +84,7 @@ class Metrics:
         )
         self.kafka_errors = Counter(
             "bridge_kafka_errors",
-            "Kafka publishes that failed or timed out, by operation (publish, drain).",
+            "Kafka publishes that failed or timed out, by operation (publish, drain, event_ids).",
             ["operation"],
             registry=r,
         )
@@ -121,7 +121,12 @@ class Metrics:
             "bridge_kafka_up", "1 while the last publish to Kafka succeeded, 0 after a failure.",
             "livemin",
         )  # fmt: skip
-        self.dedup = gauge("bridge_dedup_event_ids", "Event ids remembered for duplicates.")
+        self.dedup = gauge(
+            "bridge_dedup_event_ids",
+            "Event ids remembered for duplicates (the most any live worker holds: with shared ids "
+            "each holds them all).",
+            "livemax",
+        )
         self.dedup_shared = gauge(
             "bridge_dedup_shared",
             "1 while event ids are shared through the event-ids topic, 0 while this process "

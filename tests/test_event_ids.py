@@ -63,7 +63,7 @@ class Bridge:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
         self.env.update(
             BRIDGE_KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
-            BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false" if broker.name == "tansu" else "true",
+            BRIDGE_KAFKA_ENABLE_IDEMPOTENCE=str(broker.idempotence).lower(),
             BRIDGE_TOPIC_PREFIX=prefix,
             BRIDGE_PORT=str(self.port),
             BRIDGE_SPOOL_DIR=str(directory / "spool"),
