@@ -23,6 +23,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from bridge import __version__
+from bridge.protocol import REASONS
 
 if TYPE_CHECKING:
     from bridge.pipeline import Pipeline
@@ -57,6 +58,17 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.connections_closed = Counter(
+            "bridge_connections_closed",
+            "HTTP connections bridge closed, by reason: a deadline (header_timeout, "
+            "body_timeout, idle_timeout), a limit (header_too_large, body_too_large, "
+            "address_limit, connection_limit), or an answer that ends the connection "
+            "(error_answer, early_answer, bad_request).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REASONS:  # each shown from the start, at 0
+            self.connections_closed.labels(reason)
         self.kafka_errors = Counter(
             "bridge_kafka_errors",
             "Kafka publishes that failed or timed out, by operation (publish, drain).",
@@ -74,6 +86,7 @@ class Metrics:
         def gauge(name: str, text: str, mode: str = "livesum") -> Gauge:
             return Gauge(name, text, registry=r, multiprocess_mode=mode)  # type: ignore[arg-type]
 
+        self.connections = gauge("bridge_connections", "Open HTTP connections.")
         self.in_flight = gauge("bridge_in_flight", "Notifications being handled now.")
         self.kafka_up = gauge(
             "bridge_kafka_up", "1 while the last publish to Kafka succeeded, 0 after a failure.",
