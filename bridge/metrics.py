@@ -63,7 +63,7 @@ class Metrics:
             "HTTP connections bridge closed, by reason: a deadline (header_timeout, "
             "body_timeout, idle_timeout), a limit (header_too_large, body_too_large, "
             "address_limit, connection_limit), or an answer that ends the connection "
-            "(error_answer, early_answer, bad_request).",
+            "(early_answer: sent before the body arrived; bad_request: not HTTP).",
             ["reason"],
             registry=r,
         )

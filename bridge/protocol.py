@@ -11,17 +11,19 @@ buffered whole (httptools keeps a header until it ends), and after an early answ
   closed without reading the rest;
 - the body ends within the body deadline (the webhook answers 408 itself; this closes the
   connection of a request whose app did not);
-- an error answer, or any answer sent before the request's body was received to its end,
-  closes the connection (`Connection: close`, then the transport): a refused client gets one
-  answer per connection, and whatever it still sends is not read;
+- an answer sent before the request's body has arrived to its end (404, 405, 408, 413, 429,
+  ...) closes the connection (`Connection: close`, then the transport): what the client still
+  sends is never read;
 - a new connection beyond `max_per_address` from its address, or beyond `max_connections`,
   takes the place of the oldest connection (of that address, or of any) that holds no request
   (waiting for its headers, or idle); when every one holds a request, the new one is closed.
   So strangers that never finish their headers cannot keep the vendor out: its new connection
   is always the youngest, and one address cannot take the places of the others.
 
-Deadlines are checked by one sweep per server every fraction of a second rather than a timer
-per request: a request costs a float stored, not a timer made and cancelled.
+What this costs a request is measured by `make bench` against uvicorn's protocol: hence one
+override per chunk received and none per request; deadlines kept by one sweep per server every
+fraction of a second, not a timer per request; the answer watched only for a request whose
+body is still coming when its first chunk has been read.
 
 The limits are the app's settings, found in the lifespan state uvicorn hands every protocol
 (so each worker follows its own app); an app without them (the benchmark's ceiling) gets the
@@ -41,7 +43,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from bridge.settings import Settings
 
 if TYPE_CHECKING:
-    from uvicorn._types import ASGI3Application, ASGISendEvent
+    from uvicorn._types import ASGISendEvent
     from uvicorn.config import Config
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
     from uvicorn.server import ServerState
@@ -56,8 +58,7 @@ BODY_TOO_LARGE = "body_too_large"
 IDLE_TIMEOUT = "idle_timeout"
 ADDRESS_LIMIT = "address_limit"
 CONNECTION_LIMIT = "connection_limit"
-ERROR_ANSWER = "error_answer"  # any other 4xx or 5xx
-EARLY_ANSWER = "early_answer"  # a success sent before the body had arrived
+EARLY_ANSWER = "early_answer"  # any other answer sent before the body had arrived
 BAD_REQUEST = "bad_request"  # not HTTP (uvicorn's own 400)
 REASONS = (
     HEADER_TIMEOUT,
@@ -67,7 +68,6 @@ REASONS = (
     IDLE_TIMEOUT,
     ADDRESS_LIMIT,
     CONNECTION_LIMIT,
-    ERROR_ANSWER,
     EARLY_ANSWER,
     BAD_REQUEST,
 )
@@ -112,13 +112,12 @@ _TIMEOUT = _answer(408, "Request Timeout")
 
 
 class Doors:
-    """Every connection of one server: how many from each address, and which hold no request
-    (oldest first: the first to go when a new one needs the place)."""
+    """Every connection of one server, oldest first (the first to give way), and how many
+    from each address."""
 
     def __init__(self, limits: Limits, metrics: Metrics | None = None) -> None:
         self.limits = limits
         self.open: dict[BridgeProtocol, None] = {}
-        self.waiting: dict[BridgeProtocol, None] = {}
         self.by_address: dict[str, dict[BridgeProtocol, None]] = {}
         self._closed = None if metrics is None else metrics.connections_closed
         self._gauge = None if metrics is None else metrics.connections
@@ -129,17 +128,16 @@ class Doors:
         limits = self.limits
         mine = self.by_address.get(connection.address, {})
         if limits.max_per_address and len(mine) >= limits.max_per_address:
-            victim = next((c for c in mine if c in self.waiting), None)
+            victim = next((c for c in mine if c.holds_nothing), None)
             if victim is None:
                 return ADDRESS_LIMIT
             victim.drop(ADDRESS_LIMIT)
         if len(self.open) >= limits.max_connections:
-            victim = next(iter(self.waiting), None)
+            victim = next((c for c in self.open if c.holds_nothing), None)
             if victim is None:
                 return CONNECTION_LIMIT
             victim.drop(CONNECTION_LIMIT)
         self.open[connection] = None
-        self.waiting[connection] = None
         self.by_address.setdefault(connection.address, {})[connection] = None
         if self._gauge is not None:
             self._gauge.inc()
@@ -149,7 +147,6 @@ class Doors:
 
     def leave(self, connection: BridgeProtocol) -> None:
         if self.open.pop(connection, 0) is None:  # it was in (leaving twice is a no-op)
-            self.waiting.pop(connection, None)
             mine = self.by_address[connection.address]
             del mine[connection]
             if not mine:
@@ -201,9 +198,13 @@ class BridgeProtocol(HttpToolsProtocol):
         self.doors = _doors(server_state, app_state)
         self.address = ""
         self.due = _NEVER  # when the current phase must be over (loop time)
-        self._head = True  # reading a request line and headers, or waiting for them
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the request line and headers being read
         self._reason: str | None = None  # why bridge closes this connection
+
+    @property
+    def holds_nothing(self) -> bool:
+        """No request being received or answered: waiting for headers, or idle."""
+        return self.cycle is None or self.cycle.response_complete
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -227,22 +228,28 @@ class BridgeProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def expire(self) -> None:
-        """The current phase's deadline has passed."""
+        """The deadline in `due` has passed: what it was for depends on where the connection
+        is now."""
         self.due = _NEVER
-        if not self._head:
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            if cycle is None or self._head_bytes:  # headers not done in time
+                if self._head_bytes:  # a request began: say why it ends
+                    self.transport.write(_TIMEOUT)
+                self.drop(HEADER_TIMEOUT)
+        elif cycle.more_body:
             self.drop(BODY_TIMEOUT)
-        elif self.cycle is not None and not self.cycle.response_complete:
+        elif self._head_bytes:
             # A pipelined request trickles its headers while the one before is answered: that
             # answer goes out, then the connection closes.
             self._reason = HEADER_TIMEOUT
-            self.cycle.keep_alive = False
-        else:
-            if self._head_bytes:  # a request began: say why it ends
-                self.transport.write(_TIMEOUT)
-            self.drop(HEADER_TIMEOUT)
+            cycle.keep_alive = False
 
     def data_received(self, data: bytes) -> None:
-        if self._head:
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body:  # reading a request line and headers
+            if not self._head_bytes and cycle is not None:  # a later request begins
+                self.due = self.loop.time() + self.doors.limits.header_timeout
             room = self.doors.limits.max_header_bytes - self._head_bytes
             if len(data) > room:
                 # Feed what the limit allows: the headers end in it, or 431 without the rest.
@@ -250,14 +257,37 @@ class BridgeProtocol(HttpToolsProtocol):
                 super().data_received(data[:room])
                 if self.transport.is_closing():
                     return
-                if self._head and self._head_bytes:
+                if self.cycle is cycle:
                     self.transport.write(_TOO_LARGE)
                     self.drop(HEADER_TOO_LARGE)
                     return
+                self._began(self.cycle)
                 self.data_received(data[room:])  # the body, or the next request's head
                 return
             self._head_bytes += len(data)
         super().data_received(data)
+        if self.cycle is not cycle:  # a request's headers ended in this chunk
+            self._began(self.cycle)
+
+    def _began(self, cycle: RequestResponseCycle) -> None:
+        """The headers of the request `cycle` have been read, and whatever of its body came
+        with them; its app has not run yet."""
+        self._head_bytes = 0
+        if not cycle.more_body:  # all of it: the app's own time is its own
+            self.due = _NEVER
+            return
+        self.due = self.loop.time() + self.doors.limits.body_timeout
+        send = cycle.send
+
+        async def answer(message: ASGISendEvent) -> None:
+            if message["type"] == "http.response.start" and cycle.more_body and cycle.keep_alive:
+                # Answered before the body ended: uvicorn then sends `Connection: close` and
+                # closes after the answer, the rest unread.
+                cycle.keep_alive = False
+                self._reason = self._reason or _BY_STATUS.get(message["status"], EARLY_ANSWER)
+            await send(message)
+
+        cycle.send = answer  # type: ignore[method-assign]
 
     def send_400_response(self, msg: str) -> None:
         self._reason = BAD_REQUEST
@@ -266,42 +296,3 @@ class BridgeProtocol(HttpToolsProtocol):
     def timeout_keep_alive_handler(self) -> None:
         self._reason = self._reason or IDLE_TIMEOUT
         super().timeout_keep_alive_handler()
-
-    # -- parser callbacks ---------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self.due == _NEVER:  # a later request on a kept-alive connection
-            self.due = self.loop.time() + self.doors.limits.header_timeout
-
-    def on_headers_complete(self) -> None:
-        self._head, self._head_bytes = False, 0
-        self.due = self.loop.time() + self.doors.limits.body_timeout
-        self.doors.waiting.pop(self, None)
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._head, self.due = True, _NEVER
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self._head and self.cycle.response_complete and not self.transport.is_closing():
-            self.doors.waiting[self] = None  # holds no request: the youngest of those waiting
-
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
-        send = cycle.send
-
-        async def answer(message: ASGISendEvent) -> None:
-            if message["type"] == "http.response.start" and cycle.keep_alive:
-                status = message["status"]
-                error = status >= 400
-                if error or cycle.more_body:
-                    # uvicorn then sends `Connection: close` and closes after the body.
-                    cycle.keep_alive = False
-                    early = ERROR_ANSWER if error else EARLY_ANSWER
-                    self._reason = self._reason or _BY_STATUS.get(status, early)
-            await send(message)
-
-        cycle.send = answer  # type: ignore[method-assign]
-        super()._start_asgi_task(cycle, app)

@@ -87,8 +87,12 @@ async def connect(port: int, source: str = "127.0.0.1") -> Connection:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((source, 0))
     sock.setblocking(False)  # noqa: FBT003
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+    except OSError:
+        sock.close()
+        raise
     _opened.append(Connection(reader, writer))
     return _opened[-1]
 
@@ -262,27 +266,33 @@ async def test_an_answer_before_the_body_ends_closes_the_connection_unread(
     assert (status, headers["connection"]) == (413, "close")
     await too_large.closed(timeout=2)
     text = await metrics_of(port)
-    assert closed_by(text, "error_answer") == 2
+    assert closed_by(text, "early_answer") == 2
     assert closed_by(text, "body_too_large") == 1
     assert not publisher.topics
 
 
-async def test_a_refused_client_gets_the_answer_of_an_unknown_path_then_the_door(
+async def test_a_refused_client_gets_the_answer_of_an_unknown_path_connection_and_all(
     memory_server: tuple[int, MemoryPublisher],
 ) -> None:
     port, _ = memory_server
-    answers = []
-    for path in [f"{WEBHOOK_PATH}/wrong", WEBHOOK_PATH, "/no/such/path"]:
-        connection = await connect(port, "127.0.0.2")
-        body, _ = notification()
-        connection.send(request(path, body))  # all of it: the body arrived
-        status, headers, content = await connection.answer()
-        headers.pop("date")
-        answers.append((status, headers, content))
-        await connection.closed(timeout=2)
-    assert answers[0] == answers[1] == answers[2]
-    assert answers[0][0] == 404
-    assert answers[0][1]["connection"] == "close"
+    body, _ = notification()
+    for sent, length, kept in [(body, None, True), (body[:100], len(body), False)]:
+        answers = []
+        for path in [f"{WEBHOOK_PATH}/wrong", WEBHOOK_PATH, "/no/such/path"]:
+            connection = await connect(port, "127.0.0.2")
+            connection.send(request(path, sent, length=length))
+            status, headers, content = await connection.answer()
+            headers.pop("date")
+            answers.append((status, headers, content))
+            if kept:  # the body had arrived: the connection is in step, and kept
+                connection.send(request("/healthz", method="GET"))
+                assert (await connection.answer())[0] == 200
+            else:  # it had not: closed, the rest never read
+                await connection.closed(timeout=2)
+            connection.close()
+        assert answers[0] == answers[1] == answers[2]
+        assert answers[0][0] == 404
+        assert ("connection" not in answers[0][1]) is kept
 
 
 async def test_headers_beyond_the_limit_get_431_and_are_not_read(
@@ -471,7 +481,7 @@ async def test_strangers_beyond_max_connections_cannot_keep_the_vendor_out(
     assert max(strangers.lived["head"] + strangers.still_open) < 2 + 1.5
     assert max(strangers.lived["body"]) < 3
     assert closed_by(text, "connection_limit") > 0
-    assert closed_by(text, "error_answer") > 0  # the body tricklers, refused at once
+    assert closed_by(text, "early_answer") > 0  # the body tricklers, refused at once
 
 
 async def test_strangers_on_the_vendors_own_address_cannot_keep_it_out(
@@ -499,7 +509,7 @@ async def test_a_guessing_flood_does_not_lock_out_the_valid_token(
             connection = await connect(port, VENDOR)
             connection.send(request(f"{WEBHOOK_PATH}/guess-{n}", b"{}"))
             statuses.append((await connection.answer())[0])
-            await connection.closed(timeout=2)  # and each refusal closes its connection
+            connection.close()
         assert statuses == [404] * 10 + [429] * 20
         await vendor_is_served(port, VENDOR, settings, times=2)
 
@@ -509,7 +519,7 @@ async def test_a_guessing_flood_does_not_lock_out_the_valid_token(
 
 def wait_for_listeners(port: int, count: int, process: subprocess.Popen[bytes]) -> None:
     """Until `count` sockets listen on the port (one per worker)."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # workers start slowly on a loaded machine
     while True:
         assert process.poll() is None, "bridge serve exited"
         listening = 0
