@@ -207,10 +207,11 @@ def measure(  # noqa: PLR0913 - the knobs of one run, spelled out
     seconds: float | None = None,
     protocol: str = "",
     extra: dict[str, str] | None = None,
+    full: bool = True,
 ) -> dict[str, float]:
     # The bridge as after minutes at full rate: its duplicate memory full, so each stored id
-    # makes it forget one (10 s runs from empty never got there).
-    remembered = FULL if kind == "bridge" else 0
+    # makes it forget one (10 s runs from empty never got there). `full=False`: empty.
+    remembered = FULL if kind == "bridge" and full else 0
     with server(
         kind,
         broker,
@@ -304,7 +305,9 @@ def protocol_cost(args: argparse.Namespace, broker: EmbeddedBroker, say: Say) ->
         "The connection deadlines and limits of bridge/protocol.py, against uvicorn's httptools "
         "protocol as bridge used it before; same configuration otherwise (bench/serve.py). "
         "Ratios are bridge's protocol ÷ uvicorn's, per pair measured back to back: the median "
-        "(min-max). Above 100% for CPU per request means the protocol costs more.\n"
+        "(min-max). Above 100% for CPU per request means the protocol costs more. The "
+        "bridge's duplicate memory starts empty here (quicker to start; the protocol's cost "
+        "does not depend on it).\n"
     )
     say("| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB | server CPU µs/req |")
     say("|---|---|---|---|---|---|---|---|")
@@ -312,7 +315,9 @@ def protocol_cost(args: argparse.Namespace, broker: EmbeddedBroker, say: Say) ->
         rows: dict[str, list[dict[str, float]]] = {"uvicorn": [], "bridge": []}
         for n in range(args.repeat):
             for protocol in ("uvicorn", "bridge") if n % 2 == 0 else ("bridge", "uvicorn"):
-                rows[protocol].append(measure(kind, first, broker, args, protocol=protocol))
+                rows[protocol].append(
+                    measure(kind, first, broker, args, protocol=protocol, full=False)
+                )
         for protocol, runs in rows.items():
             say(line(f"{kind}, {protocol}'s protocol", runs))
         pairs = list(zip(rows["uvicorn"], rows["bridge"], strict=True))
@@ -322,6 +327,18 @@ def protocol_cost(args: argparse.Namespace, broker: EmbeddedBroker, say: Say) ->
         )
         say(f"| **{kind}: bridge's ÷ uvicorn's protocol** | **{rate}** | | | | | | **{cpu}** |")
     say()
+    if args.instructions and instructions.available():
+        say(
+            f"Instructions per request (callgrind, {args.instructions} requests; the same on a "
+            "busy machine as on an idle one):\n"
+        )
+        say("| server | uvicorn's protocol | bridge's protocol | bridge's ÷ uvicorn's |")
+        say("|---|---|---|---|")
+        for kind in ("ceiling", "bridge"):
+            counts = instructions.per_request_by_protocol(kind, first, broker, args.instructions)
+            theirs, ours = counts["uvicorn"], counts["bridge"]
+            say(f"| {kind} | {theirs:,.0f}k | {ours:,.0f}k | {ours / theirs:.1%} |")
+        say()
 
 
 def instruction_counts(args: argparse.Namespace, broker: EmbeddedBroker, say: Say) -> None:
