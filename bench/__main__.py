@@ -136,16 +136,22 @@ def server(  # noqa: PLR0913 - the knobs of one server, spelled out
     prefix: tuple[str, ...] = (),
     remembered: int = 0,
     body: str = "example",
+    protocol: str = "",
+    extra: dict[str, str] | None = None,
 ) -> Iterator[tuple[int, int]]:
     """A server process on a free port: `prefix` runs it under a tool (valgrind). `kind` is
     ceiling (bench/noop.py), floor (bench/floor.py, records as long as the bridge's for
-    `body`) or bridge."""
+    `body`) or bridge. With `protocol` (bridge or uvicorn), the ceiling or the bridge is served
+    by bench/serve.py with that HTTP protocol, all else as `bridge serve` does. `extra`:
+    more settings."""
     port = free_port()
     spool = tempfile.mkdtemp(prefix="bench-spool-")
     if remembered:
         asyncio.run(remembered_ids(spool, remembered, workers))
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    if kind == "ceiling":
+    if protocol:
+        command = [sys.executable, "-m", "bench.serve", kind, protocol]
+    elif kind == "ceiling":
         command = [sys.executable, "-m", "uvicorn", "bench.noop:create_app", "--factory"]
         command += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
         command += ["--workers", str(workers)] if workers > 1 else []
@@ -158,6 +164,7 @@ def server(  # noqa: PLR0913 - the knobs of one server, spelled out
         )
     else:
         command = [sys.executable, "-m", "bridge", "serve"]
+    if kind == "bridge" or protocol:
         env.update(
             BRIDGE_PORT=str(port),
             BRIDGE_KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
@@ -167,6 +174,7 @@ def server(  # noqa: PLR0913 - the knobs of one server, spelled out
             BRIDGE_SPOOL_DIR=spool,
             BRIDGE_WORKERS=str(workers),
             BRIDGE_LOG_LEVEL="info",  # the production line per notification, to a file
+            **(extra or {}),
         )
     log = Path(spool) / "server.log"
     with log.open("wb") as out:
@@ -197,11 +205,22 @@ def measure(  # noqa: PLR0913 - the knobs of one run, spelled out
     rate: float | None = None,
     concurrency: int | None = None,
     seconds: float | None = None,
+    protocol: str = "",
+    extra: dict[str, str] | None = None,
+    full: bool = True,
 ) -> dict[str, float]:
     # The bridge as after minutes at full rate: its duplicate memory full, so each stored id
-    # makes it forget one (10 s runs from empty never got there).
-    remembered = FULL if kind == "bridge" else 0
-    with server(kind, broker, workers=workers, remembered=remembered, body=body) as (port, pid):
+    # makes it forget one (10 s runs from empty never got there). `full=False`: empty.
+    remembered = FULL if kind == "bridge" and full else 0
+    with server(
+        kind,
+        broker,
+        workers=workers,
+        remembered=remembered,
+        body=body,
+        protocol=protocol,
+        extra=extra,
+    ) as (port, pid):
         marks: list[tuple[float, float, float, float, float]] = []
 
         def mark() -> None:  # CPU used so far by the server, the broker and this process
@@ -269,6 +288,59 @@ def cores(rows: list[dict[str, float]]) -> str:
     )
 
 
+def pair_ratios(values: list[float]) -> str:
+    middle = statistics.median(values)
+    if len(values) == 1:
+        return f"{middle:.0%}"
+    return f"{middle:.0%} ({min(values):.0%}-{max(values):.0%})"
+
+
+def protocol_cost(args: argparse.Namespace, broker: EmbeddedBroker, say: Say) -> None:
+    """bridge's HTTP protocol against uvicorn's own, under the ceiling and under the bridge:
+    both served by bench/serve.py, nothing else different. Each repeat measures a pair back to
+    back, the order alternating, so a drift of the shared machine falls on both."""
+    first = args.bodies.split(",")[0]
+    say(f"## bridge's HTTP protocol against uvicorn's ({first} body)\n")
+    say(
+        "The connection deadlines and limits of bridge/protocol.py, against uvicorn's httptools "
+        "protocol as bridge used it before; same configuration otherwise (bench/serve.py). "
+        "Ratios are bridge's protocol ÷ uvicorn's, per pair measured back to back: the median "
+        "(min-max). Above 100% for CPU per request means the protocol costs more. The "
+        "bridge's duplicate memory starts empty here (quicker to start; the protocol's cost "
+        "does not depend on it).\n"
+    )
+    say("| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB | server CPU µs/req |")
+    say("|---|---|---|---|---|---|---|---|")
+    for kind in ("ceiling", "bridge"):
+        rows: dict[str, list[dict[str, float]]] = {"uvicorn": [], "bridge": []}
+        for n in range(args.repeat):
+            for protocol in ("uvicorn", "bridge") if n % 2 == 0 else ("bridge", "uvicorn"):
+                rows[protocol].append(
+                    measure(kind, first, broker, args, protocol=protocol, full=False)
+                )
+        for protocol, runs in rows.items():
+            say(line(f"{kind}, {protocol}'s protocol", runs))
+        pairs = list(zip(rows["uvicorn"], rows["bridge"], strict=True))
+        rate = pair_ratios([ours["rps"] / theirs["rps"] for theirs, ours in pairs])
+        cpu = pair_ratios(
+            [ours["server_cpu_us"] / theirs["server_cpu_us"] for theirs, ours in pairs]
+        )
+        say(f"| **{kind}: bridge's ÷ uvicorn's protocol** | **{rate}** | | | | | | **{cpu}** |")
+    say()
+    if args.instructions and instructions.available():
+        say(
+            f"Instructions per request (callgrind, {args.instructions} requests; the same on a "
+            "busy machine as on an idle one):\n"
+        )
+        say("| server | uvicorn's protocol | bridge's protocol | bridge's ÷ uvicorn's |")
+        say("|---|---|---|---|")
+        for kind in ("ceiling", "bridge"):
+            counts = instructions.per_request_by_protocol(kind, first, broker, args.instructions)
+            theirs, ours = counts["uvicorn"], counts["bridge"]
+            say(f"| {kind} | {theirs:,.0f}k | {ours:,.0f}k | {ours / theirs:.1%} |")
+        say()
+
+
 def instruction_counts(args: argparse.Namespace, broker: EmbeddedBroker, say: Say) -> None:
     bodies = args.bodies.split(",")
     say(f"## Instructions per request (callgrind, {args.instructions} requests per body)\n")
@@ -305,7 +377,13 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
     parser.add_argument(
         "--soak", type=float, default=60.0, help="seconds at half rate, once (0: skip)"
     )
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, help="default: bench/RESULTS.md (all only)")
+    parser.add_argument(
+        "--only",
+        choices=["all", "protocol"],
+        default="all",
+        help="protocol: only bridge's HTTP protocol against uvicorn's, printed",
+    )
     parser.add_argument(
         "--instructions",
         type=int,
@@ -334,6 +412,13 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
         f"full ({FULL:,} event ids of a long run, loaded from its spool file), as a service "
         "that has run at full rate for minutes: each id it stores makes it forget one.\n"
     )
+    if args.only == "protocol":
+        with EmbeddedBroker() as broker:
+            asyncio.run(create_topics(broker.bootstrap_servers, all_topics("bench."), PARTITIONS))
+            protocol_cost(args, broker, say)
+        if args.output:
+            args.output.write_text("\n".join(out) + "\n")
+        return
     say("## Pure stages, per body (µs, best of 5)\n")
     say(stages.report(stages.measure()))
     say()
@@ -393,6 +478,7 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
                 f"resident memory {soak['rss_start_mb']:.0f} MB after the warm-up, "
                 f"{soak['rss_end_mb']:.0f} MB at the end.\n"
             )
+        protocol_cost(args, broker, say)
         say(f"## Workers ({first} body)\n")
         say(
             "| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB (worst worker) "
@@ -415,13 +501,16 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
             "| server CPU µs/req |"
         )
         say("|---|---|---|---|---|---|---|---|")
-        over = [measure("bridge", first, broker, args, concurrency=1024)]
+        # The load generator's one address stands for many clients here.
+        many = {"BRIDGE_MAX_CONNECTIONS_PER_ADDRESS": "0"}
+        over = [measure("bridge", first, broker, args, concurrency=1024, extra=many)]
         say(line("bridge, overload", over))
         say()
         if args.instructions and instructions.available():
             instruction_counts(args, broker, say)
-    args.output.write_text("\n".join(out) + "\n\n" + HISTORY.read_text())
-    print(f"\nwritten to {args.output}")
+    output = args.output or RESULTS
+    output.write_text("\n".join(out) + "\n\n" + HISTORY.read_text())
+    print(f"\nwritten to {output}")
 
 
 if __name__ == "__main__":

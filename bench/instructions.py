@@ -25,12 +25,13 @@ def available() -> bool:
     return shutil.which("valgrind") is not None
 
 
-def total(kind: str, body: str, broker: EmbeddedBroker, count: int) -> int:
-    """Instructions the server process executed from start to exit, answering `count`."""
+def total(kind: str, body: str, broker: EmbeddedBroker, count: int, protocol: str = "") -> int:
+    """Instructions the server process executed from start to exit, answering `count`
+    (`protocol`: served by bench/serve.py with that HTTP protocol)."""
     from bench.__main__ import PATH, server  # noqa: PLC0415 - the harness imports this module
 
     with _callgrind() as (tool, log):
-        with server(kind, broker, prefix=tool, body=body) as (port, _):
+        with server(kind, broker, prefix=tool, body=body, protocol=protocol) as (port, _):
             if count:
                 statuses = asyncio.run(
                     load.send("127.0.0.1", port, PATH, stream(body), count=count, concurrency=8)
@@ -92,4 +93,15 @@ def per_request(
         idle = total(kind, bodies[0], broker, 0)
         for body in bodies:
             results[kind, body] = (total(kind, body, broker, count) - idle) / count / 1000
+    return results
+
+
+def per_request_by_protocol(
+    kind: str, body: str, broker: EmbeddedBroker, count: int = 400
+) -> dict[str, float]:
+    """Thousands of instructions per request of `kind`, with each HTTP protocol."""
+    results = {}
+    for protocol in ("uvicorn", "bridge"):
+        idle = total(kind, body, broker, 0, protocol)
+        results[protocol] = (total(kind, body, broker, count, protocol) - idle) / count / 1000
     return results

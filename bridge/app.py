@@ -178,18 +178,19 @@ def _refuse(
         pipeline.metrics.rejected.labels("address_not_allowed").inc()
         logger.warning("refused: address %s not allowed", address)
         return _not_found()
-    wait = guard.retry_after(address)
-    if wait is not None:
-        pipeline.metrics.rejected.labels("auth_rate_limited").inc()
-        return PlainTextResponse(
-            "Too Many Requests", status_code=429, headers={"Retry-After": str(wait)}
-        )
     authorization = headers.get(b"authorization")
     token = scope["path_params"].get("token") or bearer_token(
         authorization.decode("latin-1") if authorization else None
     )
     if not guard.authorized(token):
-        guard.failed(address)
+        # Failures only are throttled: a stranger's guesses never lock the vendor out, even
+        # behind the one address of a proxy or NAT.
+        wait = guard.failed(address)
+        if wait is not None:
+            pipeline.metrics.rejected.labels("auth_rate_limited").inc()
+            return PlainTextResponse(
+                "Too Many Requests", status_code=429, headers={"Retry-After": str(wait)}
+            )
         pipeline.metrics.rejected.labels("unauthorized").inc()
         logger.warning("refused: no valid token from %s", address)
         return _not_found()

@@ -57,28 +57,20 @@ class Guard:
             matched |= hmac.compare_digest(digest, expected)
         return matched and presented is not None
 
-    def retry_after(self, address: str) -> int | None:
-        """Seconds to wait when this address failed too often in the last minute, else None."""
-        entry = self._failures.get(address)
-        if not self._limit or entry is None:
-            return None
-        started, count = entry
-        elapsed = time.monotonic() - started
-        if elapsed >= _WINDOW:
-            del self._failures[address]
-            return None
-        return int(_WINDOW - elapsed) + 1 if count >= self._limit else None
-
-    def failed(self, address: str) -> None:
+    def failed(self, address: str) -> int | None:
+        """Count a failed authentication from `address`: the seconds it must wait (429) when
+        it had already failed `limit` times this minute, else None. Only failures count, and
+        only failures are throttled: a valid token is served whatever its address did."""
         if not self._limit:
-            return
+            return None
         now = time.monotonic()
         started, count = self._failures.pop(address, (now, 0))
         if now - started >= _WINDOW:
             started, count = now, 0
-        self._failures[address] = (started, count + 1)
+        self._failures[address] = (started, count + 1)  # the most recent last
         while len(self._failures) > _MAX_TRACKED_ADDRESSES:
             self._failures.popitem(last=False)
+        return int(_WINDOW - (now - started)) + 1 if count >= self._limit else None
 
     def _is_trusted(self, address: str) -> bool:
         parsed = _parse(address)

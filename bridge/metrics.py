@@ -23,6 +23,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from bridge import __version__
+from bridge.protocol import REASONS
 
 # From a fast local ack (~1 ms) to the ack budget and the vendor's 10 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -82,6 +83,17 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.connections_closed = Counter(
+            "bridge_connections_closed",
+            "HTTP connections bridge closed, by reason: a deadline (header_timeout, "
+            "body_timeout, idle_timeout), a limit (header_too_large, body_too_large, "
+            "address_limit, connection_limit), or an answer that ends the connection "
+            "(early_answer: sent before the body arrived; bad_request: not HTTP).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REASONS:  # each shown from the start, at 0
+            self.connections_closed.labels(reason)
         self.kafka_errors = Counter(
             "bridge_kafka_errors",
             "Kafka publishes that failed or timed out, by operation (publish, drain, event_ids).",
@@ -116,6 +128,7 @@ class Metrics:
         def gauge(name: str, text: str, mode: str = "livesum") -> Gauge:
             return Gauge(name, text, registry=r, multiprocess_mode=mode)  # type: ignore[arg-type]
 
+        self.connections = gauge("bridge_connections", "Open HTTP connections.")
         self.in_flight = gauge("bridge_in_flight", "Notifications being handled now.")
         self.kafka_up = gauge(
             "bridge_kafka_up", "1 while the last publish to Kafka succeeded, 0 after a failure.",

@@ -111,11 +111,41 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         10.0, gt=0, lt=15, description="Seconds to finish in-flight work and flush on SIGTERM."
     )
+    header_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a client may take to send its request line and headers, from "
+        "connecting (or from a later request's first byte); then 408 and the connection is "
+        "closed.",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="Largest request line and headers, bytes; beyond it 431 and the "
+        "connection is closed, the rest unread.",
+    )
     body_timeout: float = Field(
-        10.0, gt=0, description="Seconds a client may take to send its body; then 408."
+        10.0,
+        gt=0,
+        description="Seconds a client may take to send its body; then 408 and the connection "
+        "is closed.",
+    )
+    keep_alive_timeout: int = Field(
+        5, ge=1, description="Seconds an idle kept-alive connection stays open."
     )
     max_connections: int = Field(
-        2048, ge=1, description="Open connections and requests at once; beyond it 503."
+        2048,
+        ge=1,
+        description="Open connections at once; a new one beyond it takes the place of the "
+        "oldest that holds no request (waiting for its headers, or idle), or is closed when "
+        "all hold one.",
+    )
+    max_connections_per_address: int = Field(
+        128,
+        ge=0,
+        description="Open connections from one client address (the peer's: behind a proxy, "
+        "the proxy's); beyond it as for BRIDGE_MAX_CONNECTIONS, among that address's own "
+        "(0: no limit).",
     )
     # -- who may post -----------------------------------------------------------------------
     auth_tokens: SecretStr = Field(
@@ -141,7 +171,8 @@ class Settings(BaseSettings):
     auth_failure_limit: int = Field(
         20,
         ge=0,
-        description="Failed authentications per client address per minute before 429 (0: off).",
+        description="Failed authentications per client address per minute; beyond it that "
+        "address's wrong tokens get 429 (a valid token is always served; 0: off).",
     )
     tls_certfile: Path | None = Field(
         None, description="Certificate (PEM) for HTTPS on the listener; with BRIDGE_TLS_KEYFILE."

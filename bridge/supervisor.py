@@ -30,6 +30,7 @@ from bridge.app import create_app
 from bridge.broker import free_port
 from bridge.logs import dict_config
 from bridge.metrics import MULTIPROCESS_DIR
+from bridge.protocol import BridgeProtocol
 from bridge.settings import Settings
 
 APP = "bridge.app:create_app"
@@ -74,7 +75,10 @@ def server_config(settings: Settings, app: ASGIApplication | str = APP) -> uvico
         lifespan="on",
         # Requests in flight are done (stored or spooled) within the ack budget.
         timeout_graceful_shutdown=math.ceil(settings.ack_timeout) + 2,
-        limit_concurrency=settings.max_connections,
+        # Deadlines and limits on each connection, BRIDGE_MAX_CONNECTIONS among them.
+        http=BridgeProtocol,
+        timeout_keep_alive=settings.keep_alive_timeout,
+        ws="none",  # no websocket routes; an upgraded connection would escape the deadlines
         server_header=False,
         # X-Forwarded-For is read by bridge itself, from BRIDGE_TRUSTED_PROXIES only.
         proxy_headers=False,

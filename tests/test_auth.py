@@ -74,14 +74,13 @@ def test_failed_attempts_are_limited_per_address(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
     g = guard(auth_failure_limit=3)
     for _ in range(3):
-        assert g.retry_after("192.0.2.1") is None
-        g.failed("192.0.2.1")
-    assert g.retry_after("192.0.2.1") == 61
-    assert g.retry_after("192.0.2.2") is None  # others are not punished
+        assert g.failed("192.0.2.1") is None  # answered as an unknown path
+    assert g.failed("192.0.2.1") == 61  # then 429
+    assert g.failed("192.0.2.2") is None  # others are not punished
     now[0] += 30
-    assert g.retry_after("192.0.2.1") == 31
+    assert g.failed("192.0.2.1") == 31
     now[0] += 31
-    assert g.retry_after("192.0.2.1") is None
+    assert g.failed("192.0.2.1") is None  # a new minute
 
 
 def test_the_failure_counter_is_bounded() -> None:

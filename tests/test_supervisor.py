@@ -8,6 +8,7 @@ import pytest
 from starlette.applications import Starlette
 from uvicorn.config import STARTUP_FAILURE
 
+from bridge.protocol import BridgeProtocol
 from bridge.settings import load_settings
 from bridge.supervisor import APP, Worker, restart_delay, server_config
 
@@ -35,7 +36,8 @@ def test_the_server_runs_an_app_or_its_factory_with_bridges_limits() -> None:
     config = server_config(settings, app)
     assert (config.app, config.factory, config.port) == (app, False, 9999)
     assert config.timeout_graceful_shutdown == 5  # the ack budget, rounded up, and 2 s
-    assert config.limit_concurrency == 7
+    assert config.http is BridgeProtocol  # it holds BRIDGE_MAX_CONNECTIONS and the deadlines
+    assert config.limit_concurrency is None
     assert not config.access_log
     assert config.log_config is None  # one process: `bridge serve` configured logging
     factory = server_config(settings.model_copy(update={"workers": 2}))

@@ -1,0 +1,32 @@
+"""The bridge, or the ceiling, served under `bridge serve`'s uvicorn configuration with either
+bridge's HTTP protocol (bridge/protocol.py) or uvicorn's own (httptools): the only difference
+between the two, so the benchmark can tell what the protocol costs.
+
+python -m bench.serve {bridge,ceiling} {bridge,uvicorn}   (settings from BRIDGE_*)
+"""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from bridge.cli import APP, server_config
+from bridge.logs import configure_logging
+from bridge.settings import load_settings
+
+APPS = {"bridge": APP, "ceiling": "bench.noop:create_app"}
+
+
+def main() -> None:
+    app, protocol = sys.argv[1:3]
+    settings = load_settings()
+    configure_logging(settings)
+    config = server_config(settings, APPS[app])
+    if protocol == "uvicorn":
+        config.http = "httptools"  # what uvicorn's "auto" picks, as bridge served before
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()
