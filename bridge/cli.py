@@ -23,6 +23,7 @@ from bridge.routing import DLQ
 from bridge.settings import Settings, load_settings
 from bridge.supervisor import server_config
 from bridge.tail import TailOptions, tail
+from bridge.topics import ensure_topics
 
 __all__ = ["main", "server_config"]  # server_config lived here: still importable from here
 
@@ -168,6 +169,8 @@ async def _preflight(settings: Settings) -> None:
     publisher = KafkaPublisher(settings)
     await publisher.start()
     await publisher.stop(timeout=5.0)
+    for topic in await ensure_topics(settings):
+        print(f"bridge: created topic {topic}", file=sys.stderr)
 
 
 def _dev(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:

@@ -3,7 +3,8 @@ collaborators; started in order and stopped in reverse, each stop bounded in tim
 
     spool  <- dedup (its event ids persist in the spool's file)
     codec  <- registry ids (resolved at start)
-    publisher, registry, spool, dedup, codec, metrics -> pipeline
+    topic watch (its own Kafka connection, only with the Kafka publisher)
+    publisher, registry, spool, dedup, codec, metrics, topic watch -> pipeline
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bridge.publish import KafkaPublisher, Publisher
 from bridge.registry import SchemaRegistry, resolve_ids
 from bridge.settings import Settings
 from bridge.spool import Spool
+from bridge.topics import TopicWatch
 
 lifecycle = logging.getLogger("bridge.lifecycle")
 
@@ -40,6 +42,7 @@ class Container:
         self.publisher = publisher or KafkaPublisher(settings)
         self.registry = SchemaRegistry(settings) if settings.schema_registry_url else None
         self.metrics = Metrics()
+        self.topics = TopicWatch(settings, kafka=publisher is None)
         self.pipeline = Pipeline(
             settings,
             self.publisher,
@@ -49,6 +52,7 @@ class Container:
             dedup=self.dedup,
             registry=self.registry,
             metrics=self.metrics,
+            topics=self.topics,
         )
         self._drainer: asyncio.Task[None] | None = None
 
@@ -102,8 +106,15 @@ class Container:
         with contextlib.suppress(BridgeError):
             await self.dedup.flush()
         await self.publisher.stop(timeout=budget / 2)
+        await _bounded_close(self.topics)
         if self.registry is not None:
             await self.registry.close()
         if self.spool is not None:
             lifecycle.info("stopping with %d entries in the spool", self.spool.depth)
             await self.spool.close()
+
+
+async def _bounded_close(topics: TopicWatch) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(2.0):
+            await topics.close()

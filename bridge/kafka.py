@@ -77,13 +77,16 @@ async def reading(
     consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        available = await consumer.topics()
+        # The metadata of every topic, as fetched: the consumer's own holds only the topics it
+        # was given, and Apache Kafka (unlike Tansu) answers none for a request that names none.
+        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+        available = cluster.topics()
         wanted = list(topics)
         partitions = [
             TopicPartition(topic, p)
             for topic in wanted
             if topic in available
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
+            for p in sorted(cluster.partitions_for_topic(topic) or ())
         ]
         if partitions:
             consumer.assign(partitions)

@@ -54,6 +54,8 @@ class State(Protocol):
     @property
     def remembered(self) -> int: ...
     @property
+    def unavailable_topics(self) -> int: ...
+    @property
     def spool(self) -> SpoolState | None: ...
 
 
@@ -88,6 +90,14 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.kafka_refused = Counter(
+            "bridge_kafka_refused",
+            "Writes the broker refused, answered 503 and not spooled (or left in the spool), "
+            "by reason: topic_authorization, cluster_authorization, topic_missing, too_large, "
+            "policy, other.",
+            ["reason"],
+            registry=r,
+        )
         Gauge(
             "bridge_build_info",
             "Version of bridge and of Python.",
@@ -105,6 +115,11 @@ class Metrics:
             "livemin",
         )  # fmt: skip
         self.dedup = gauge("bridge_dedup_event_ids", "Event ids remembered for duplicates.")
+        self.topics_unavailable = gauge(
+            "bridge_kafka_topics_unavailable",
+            "Topics bridge writes that are missing or refused its last write (see /readyz).",
+            "livemax",
+        )
         self.spool_depth = gauge("bridge_spool_depth", "Notifications waiting in the spool.")
         self.spool_bytes = gauge("bridge_spool_bytes", "Bytes held by the spool.")
         self.spool_max_bytes = gauge("bridge_spool_max_bytes", "Size limit of the spool.")
@@ -136,6 +151,7 @@ class Metrics:
         self.in_flight.set(state.in_flight)
         self.kafka_up.set(1 if state.kafka_up else 0)
         self.dedup.set(state.remembered)
+        self.topics_unavailable.set(state.unavailable_topics)
         spool = state.spool
         if spool is not None:
             self.spool_depth.set(spool.depth)
