@@ -168,6 +168,8 @@ class TopicWatch:
         self.refused: dict[str, Refusal] = {}
         self._described: dict[str, str] = {}
         self._described_at = -math.inf
+        self._tried_at = -math.inf
+        self._asking = asyncio.Lock()
 
     def refuse(self, topic: str, error: PublishRefused) -> None:
         self.refused[topic] = Refusal(error.reason, str(error))
@@ -188,7 +190,7 @@ class TopicWatch:
         """The topic's problem as the broker describes it now (within PROBE_TIMEOUT), else
         None: after a publish that timed out, to tell a deleted topic from a slow Kafka."""
         await self._describe(PROBE_TIMEOUT)
-        return self._described.get(topic)
+        return self.missing(topic)  # not what an old answer said
 
     @property
     def unavailable(self) -> int:
@@ -205,8 +207,17 @@ class TopicWatch:
         return "; ".join(f"{topic}: {problems[topic]}" for topic in sorted(problems)) or None
 
     async def _describe(self, timeout: float) -> None:
-        if not self._kafka or time.monotonic() - self._described_at < CHECK_SECONDS:
+        # One question at a time, at most every CHECK_SECONDS even while Kafka does not answer:
+        # requests in flight and the drain never queue up behind probes.
+        if not self._kafka or self._asking.locked():
             return
+        if time.monotonic() - self._tried_at < CHECK_SECONDS:
+            return
+        async with self._asking:
+            self._tried_at = time.monotonic()
+            await self._ask(timeout)
+
+    async def _ask(self, timeout: float) -> None:
         try:
             async with asyncio.timeout(timeout):
                 if self._client is None:
