@@ -54,7 +54,7 @@ from bridge.routing import (
 )
 from bridge.settings import Settings
 from bridge.spool import Spool, SpoolEntry
-from bridge.topics import TopicWatch
+from bridge.topics import TopicWatch, refusal
 
 logger = logging.getLogger(__name__)
 
@@ -218,8 +218,7 @@ class Pipeline:
             self.metrics.kafka_errors.labels("publish").inc()
             problem = await topics.problem(record.topic)  # a deleted topic looks like a timeout
             if problem is not None:
-                refused = PublishRefused(f"topic {record.topic} {problem}", "topic_missing")
-                raise self._refusal(record.topic, refused) from exc
+                raise self._refusal(record.topic, refusal(record.topic, problem)) from exc
             self.kafka_up = False
             if spool is None:
                 raise
@@ -236,8 +235,7 @@ class Pipeline:
         wait out the ack budget), or, refused lately, when the record would go to the spool."""
         missing = self.topics.missing(record.topic)
         if missing is not None:
-            refused = PublishRefused(f"topic {record.topic} {missing}", "topic_missing")
-            raise self._refusal(record.topic, refused)
+            raise self._refusal(record.topic, refusal(record.topic, missing))
         known = self.topics.refused.get(record.topic)
         spooling = self.spool is not None and (not self.kafka_up or record.key in self.spool.keys)
         if known is not None and spooling:
@@ -331,7 +329,7 @@ class Pipeline:
             if isinstance(result, PublishRefused):
                 self._refusal(topic, result)
             elif isinstance(result, PublishError) and (problem := await self.topics.problem(topic)):
-                self._refusal(topic, PublishRefused(f"topic {topic} {problem}", "topic_missing"))
+                self._refusal(topic, refusal(topic, problem))
             else:
                 failed.append(result)
         return failed

@@ -149,6 +149,12 @@ async def _create(settings: Settings, topics: list[str]) -> None:
         )
 
 
+def refusal(topic: str, problem: str) -> PublishRefused:
+    """The refusal of a write to a topic the broker's metadata has a problem with."""
+    reason = "topic_authorization" if problem == NOT_DESCRIBABLE else "topic_missing"
+    return PublishRefused(f"topic {topic} {problem}", reason)
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     reason: str  # the metric label
