@@ -424,8 +424,8 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
         say()
         if args.instructions and instructions.available():
             instruction_counts(args, broker, say)
-    if apache.wanted(args.apache_kafka, say):
-        apache.section(args, ones, measure, line, say, PARTITIONS)
+        if apache.wanted(args.apache_kafka, say):
+            apache.section(args, broker, measure, line, say, PARTITIONS)
     args.output.write_text("\n".join(out) + "\n\n" + HISTORY.read_text())
     print(f"\nwritten to {args.output}")
 

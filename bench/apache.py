@@ -56,7 +56,7 @@ def ratio(upper: Rows, lower: Rows) -> str:
 
 def section(  # noqa: PLR0913, PLR0917 - the harness's pieces, handed in: __main__ stays as is
     args: argparse.Namespace,
-    on_tansu: dict[str, Rows],
+    tansu: object,
     measure: Callable[..., dict[str, float]],
     line: Callable[[str, Rows], str],
     say: Say,
@@ -69,17 +69,22 @@ def section(  # noqa: PLR0913, PLR0917 - the harness's pieces, handed in: __main
             "the same machine, JVM heap 512 MB; the bridge with the idempotent producer (as in "
             "production; Tansu has no InitProducerId, so it runs without). Same bodies, "
             f"concurrency and {partitions} partitions; req/s as ratio of medians, (spread: "
-            "slowest over fastest run to fastest over slowest).\n"
+            "slowest over fastest run to fastest over slowest). The runs alternate, Tansu then "
+            "Apache Kafka, so that what else loads the machine weighs on both alike.\n"
         )
         asyncio.run(create_topics(cluster.bootstrap_servers, all_topics("bench."), partitions))
         broker = ApacheKafka(cluster)
         say("| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB | server CPU µs/req |")
         say("|---|---|---|---|---|---|---|---|")
         ratios = []
-        for body, tansu in on_tansu.items():
-            kafka = [measure("bridge", body, broker, args) for _ in range(args.repeat)]
-            say(line(f"bridge on Tansu, {body}", tansu))
-            say(line(f"bridge on Apache Kafka, {body}", kafka))
-            ratios.append(f"{body}: {ratio(kafka, tansu)}")
+        for body in args.bodies.split(","):
+            on_tansu: Rows = []
+            on_kafka: Rows = []
+            for _ in range(args.repeat):
+                on_tansu.append(measure("bridge", body, tansu, args))
+                on_kafka.append(measure("bridge", body, broker, args))
+            say(line(f"bridge on Tansu, {body}", on_tansu))
+            say(line(f"bridge on Apache Kafka, {body}", on_kafka))
+            ratios.append(f"{body}: {ratio(on_kafka, on_tansu)}")
         say()
         say(f"Apache Kafka / Tansu, req/s: {'; '.join(ratios)}.\n")
