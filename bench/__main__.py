@@ -25,7 +25,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench import instructions, load, shared_ids, stages
+from bench import apache, instructions, load, shared_ids, stages
 from bench.bodies import BODIES, stream
 from bridge.broker import EmbeddedBroker, create_topics, free_port
 from bridge.routing import all_topics
@@ -168,7 +168,8 @@ def server(  # noqa: PLR0913 - the knobs of one server, spelled out
         env.update(
             BRIDGE_PORT=str(port),
             BRIDGE_KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
-            BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false",
+            # On (Apache Kafka) or off (Tansu has no InitProducerId).
+            BRIDGE_KAFKA_ENABLE_IDEMPOTENCE=str(getattr(broker, "idempotence", False)).lower(),
             BRIDGE_TOPIC_PREFIX="bench.",
             BRIDGE_AUTH_TOKENS=TOKEN,
             BRIDGE_SPOOL_DIR=spool,
@@ -385,6 +386,12 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
         help="protocol: only bridge's HTTP protocol against uvicorn's, printed",
     )
     parser.add_argument(
+        "--apache-kafka",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="also measure the bridge on Apache Kafka (auto: when Java is installed)",
+    )
+    parser.add_argument(
         "--instructions",
         type=int,
         default=400,
@@ -508,6 +515,8 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
         say()
         if args.instructions and instructions.available():
             instruction_counts(args, broker, say)
+        if apache.wanted(args.apache_kafka, say):
+            apache.section(args, broker, measure, line, say, PARTITIONS)
     output = args.output or RESULTS
     output.write_text("\n".join(out) + "\n\n" + HISTORY.read_text())
     print(f"\nwritten to {output}")

@@ -25,6 +25,7 @@ from bridge.registry import SchemaRegistry, resolve_ids
 from bridge.routing import DLQ
 from bridge.settings import Settings, load_settings
 from bridge.tail import TailOptions, tail
+from bridge.topics import ensure_topics
 
 lifecycle = logging.getLogger("bridge.lifecycle")
 
@@ -59,9 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     dev = commands.add_parser(
-        "dev", help="start an embedded broker, create the topics and serve (Ctrl-C stops both)"
+        "dev", help="start a broker of its own, create the topics and serve (Ctrl-C stops both)"
     )
     dev.add_argument("--partitions", type=int, default=3, help="partitions per topic (3)")
+    dev.add_argument(
+        "--broker",
+        choices=["tansu", "kafka"],
+        default="tansu",
+        help="tansu: embedded, in memory, Python only (default); kafka: Apache Kafka's own "
+        "broker, one node (needs Java; its jars are fetched with Maven once)",
+    )
     dev.set_defaults(run=_dev)
 
     tail_ = commands.add_parser("tail", help="print the records in the topics")
@@ -172,6 +180,8 @@ async def _preflight(settings: Settings) -> None:
     publisher = KafkaPublisher(settings)
     await publisher.start()
     await publisher.stop(timeout=5.0)
+    for topic in await ensure_topics(settings):
+        print(f"bridge: created topic {topic}", file=sys.stderr)
     if settings.dedup_shared and settings.dedup_window > 0:
         # bridge's own topic, like a Kafka Streams changelog: created here, once for all
         # workers. Without it bridge still serves, each process remembering alone.
@@ -183,7 +193,7 @@ async def _preflight(settings: Settings) -> None:
 def _dev(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
     s = settings()
     configure_logging(s)
-    return dev.serve(s, args.partitions)
+    return dev.serve(s, args.partitions, args.broker)
 
 
 def _schemas_list(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:

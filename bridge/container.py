@@ -4,7 +4,8 @@ collaborators; started in order and stopped in reverse, each stop bounded in tim
     spool, event-ids topic  <- dedup (its event ids shared through the topic, and kept in the
                                spool's file when the topic cannot take them)
     codec  <- registry ids (resolved at start)
-    publisher, registry, spool, dedup, codec, metrics -> pipeline
+    topic watch (its own Kafka connection, only with the Kafka publisher)
+    publisher, registry, spool, dedup, codec, metrics, topic watch -> pipeline
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bridge.publish import KafkaPublisher, Publisher
 from bridge.registry import SchemaRegistry, resolve_ids
 from bridge.settings import Settings
 from bridge.spool import Spool
+from bridge.topics import TopicWatch
 
 lifecycle = logging.getLogger("bridge.lifecycle")
 FLUSH_EVERY = 1.0  # seconds between writes of the event ids to the spool's file, unshared
@@ -52,6 +54,7 @@ class Container:
         )
         self.publisher = publisher or KafkaPublisher(settings)
         self.registry = SchemaRegistry(settings) if settings.schema_registry_url else None
+        self.topics = TopicWatch(settings, kafka=publisher is None)
         self.pipeline = Pipeline(
             settings,
             self.publisher,
@@ -61,6 +64,7 @@ class Container:
             dedup=self.dedup,
             registry=self.registry,
             metrics=self.metrics,
+            topics=self.topics,
         )
         self._drainer: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -134,8 +138,15 @@ class Container:
         if self.event_ids is not None:
             await self.event_ids.stop()
         await self.publisher.stop(timeout=budget / 2)
+        await _bounded_close(self.topics)
         if self.registry is not None:
             await self.registry.close()
         if self.spool is not None:
             lifecycle.info("stopping with %d entries in the spool", self.spool.depth)
             await self.spool.close()
+
+
+async def _bounded_close(topics: TopicWatch) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(2.0):
+            await topics.close()

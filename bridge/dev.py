@@ -1,17 +1,22 @@
-"""`bridge dev`: an embedded broker, its topics, a token and a fresh spool, then serve."""
+"""`bridge dev`: a broker of its own (Tansu, embedded, by default; Apache Kafka's own with
+`--broker kafka` where Java is installed), its topics, a token and a fresh spool, then serve."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import shlex
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from bridge.app import WEBHOOK_PATH
-from bridge.broker import EmbeddedBroker, create_topics, free_port
+from bridge.broker import EmbeddedBroker, KafkaCluster, create_topics, free_port, kafka_missing
+from bridge.errors import BrokerUnavailable
 from bridge.event_ids import ensure_topic, event_ids_topic
 from bridge.routing import all_topics
 from bridge.settings import Settings
@@ -20,13 +25,45 @@ from bridge.supervisor import run
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "notifications" / "call.json"
 
 
-def serve(settings: Settings, partitions: int) -> int:
+@dataclass(frozen=True)
+class DevBroker:
+    bootstrap_servers: str
+    log_path: Path
+    description: str
+    changes: dict[str, object]  # settings this broker needs
+
+
+@contextlib.contextmanager
+def started(kind: str) -> Iterator[DevBroker]:
+    """The broker of `bridge dev`, stopped (and its data removed) at the end."""
+    if kind == "kafka":
+        missing = kafka_missing()
+        if missing is not None:
+            raise BrokerUnavailable(f"--broker kafka: {missing}; without it: --broker tansu")
+        with KafkaCluster(1) as cluster:  # idempotence stays on, as in production
+            yield DevBroker(
+                cluster.bootstrap_servers,
+                cluster.log_paths[0],
+                f"Apache Kafka {cluster.version} (one node, KRaft, data in {cluster.directory})",
+                {},
+            )
+        return
+    with EmbeddedBroker() as tansu:
+        yield DevBroker(
+            tansu.bootstrap_servers,
+            tansu.log_path,
+            "embedded Kafka broker (Tansu, in memory)",
+            # Tansu has no InitProducerId; production keeps idempotence on.
+            {"kafka_enable_idempotence": False},
+        )
+
+
+def serve(settings: Settings, partitions: int, broker_kind: str = "tansu") -> int:
     """Serve against a broker started here; both stop on Ctrl-C."""
-    with EmbeddedBroker() as broker:
+    with started(broker_kind) as broker:
         changes: dict[str, object] = {
             "kafka_bootstrap_servers": broker.bootstrap_servers,
-            # The embedded broker has no InitProducerId; production keeps idempotence on.
-            "kafka_enable_idempotence": False,
+            **broker.changes,
         }
         if settings.port == 0:
             changes["port"] = free_port()
@@ -49,13 +86,13 @@ def serve(settings: Settings, partitions: int) -> int:
         return run(settings)
 
 
-def banner(settings: Settings, broker: EmbeddedBroker, url: str) -> str:
+def banner(settings: Settings, broker: DevBroker, url: str) -> str:
     sample = shlex.quote(str(SAMPLE))
     env = f"BRIDGE_KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}"
     return "\n".join(
         [
             "",
-            f"  embedded Kafka broker  {broker.bootstrap_servers}  (in memory)",
+            f"  Kafka broker           {broker.bootstrap_servers}  {broker.description}",
             f"  broker log             {broker.log_path}",
             f"  topics                 {', '.join(all_topics(settings.topic_prefix))}",
             f"  webhook URL            {url}",

@@ -11,8 +11,9 @@ BridgeError                  status
  +-- RegistryError           503   the schema registry refused or could not be reached
  +-- PublishError            503   Kafka did not acknowledge; retriable
  |    +-- PublishTimeout     503   no acknowledgement within the ack budget
- |    +-- PublishRejected    422   Kafka refused the record for good; not retriable
+ |    +-- PublishRefused     503   the broker refuses the write (ACLs, topic gone): not spooled
  +-- BrokerUnavailable       503   Kafka cannot be reached (at start)
+ +-- TopicUnavailable        -     a topic bridge writes is missing or not ours (start refused)
  +-- Unavailable             503   cannot take the notification now; retriable
       +-- Overloaded         503   too many notifications in flight
       +-- SpoolError         503   the spool cannot take it (disk error)
@@ -58,12 +59,17 @@ class PublishError(BridgeError):
     retriable = True
 
 
-class PublishRejected(PublishError):
-    """Kafka refused the record for good (too large, not authorised...): retrying cannot help."""
+class PublishRefused(PublishError):
+    """The broker refuses the write until someone changes it (an ACL, a deleted topic, a topic
+    limit). Still 503 with Retry-After, never 422: the notification is valid, and the vendor's
+    retries reach it once the broker is fixed. Never spooled: the spool would drain into the
+    same refusal while a 200 claimed it stored. `reason` is a short stable token (a label)."""
 
-    status = 422
-    retriable = False
-    code = "kafka_rejected"
+    code = "kafka_refused"
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class BodyTooLarge(BridgeError):
@@ -125,6 +131,13 @@ class BrokerUnavailable(BridgeError):
 
     status = 503
     retriable = True
+
+
+class TopicUnavailable(BridgeError):
+    """At start: a topic bridge writes does not exist (and may not be created), or may not be
+    described; the message names the topic and the command that fixes it."""
+
+    code = "kafka_topic"
 
 
 class Unavailable(BridgeError):

@@ -55,6 +55,8 @@ class State(Protocol):
     @property
     def remembered(self) -> int: ...
     @property
+    def unavailable_topics(self) -> int: ...
+    @property
     def spool(self) -> SpoolState | None: ...
 
 
@@ -117,6 +119,14 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5, 10),
             registry=r,
         )
+        self.kafka_refused = Counter(
+            "bridge_kafka_refused",
+            "Writes the broker refused, answered 503 and not spooled (or left in the spool), "
+            "by reason: topic_authorization, cluster_authorization, topic_missing, too_large, "
+            "policy, other.",
+            ["reason"],
+            registry=r,
+        )
         Gauge(
             "bridge_build_info",
             "Version of bridge and of Python.",
@@ -145,6 +155,11 @@ class Metrics:
             "1 while event ids are shared through the event-ids topic, 0 while this process "
             "falls back to its own memory (or sharing is off).",
             "livemin",
+        )
+        self.topics_unavailable = gauge(
+            "bridge_kafka_topics_unavailable",
+            "Topics bridge writes that are missing or refused its last write (see /readyz).",
+            "livemax",
         )
         self.spool_depth = gauge("bridge_spool_depth", "Notifications waiting in the spool.")
         self.spool_bytes = gauge("bridge_spool_bytes", "Bytes held by the spool.")
@@ -177,6 +192,7 @@ class Metrics:
         self.in_flight.set(state.in_flight)
         self.kafka_up.set(1 if state.kafka_up else 0)
         self.dedup.set(state.remembered)
+        self.topics_unavailable.set(state.unavailable_topics)
         spool = state.spool
         if spool is not None:
             self.spool_depth.set(spool.depth)

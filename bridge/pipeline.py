@@ -5,6 +5,10 @@
     store: Kafka within the ack budget, else the spool; 503 only when neither can take it
     drain (background): spool -> Kafka, oldest first
 
+A write the broker refuses (no ACL, the topic deleted) is answered 503 and never spooled: a
+200 would claim it stored while the spool drained into the same refusal. Spooled entries it
+refuses stay in the spool, behind nothing, until the broker takes them.
+
 Order per case: a notification whose key has entries waiting in the spool, or that arrives
 while Kafka is known to be down, goes into the spool behind them instead of to Kafka. The
 spool drains oldest first, and a key's next entry is sent only after its previous one was
@@ -32,7 +36,7 @@ from bridge.errors import (
     Overloaded,
     PayloadTooLarge,
     PublishError,
-    PublishRejected,
+    PublishRefused,
     PublishTimeout,
     SpoolError,
 )
@@ -50,6 +54,7 @@ from bridge.routing import (
 )
 from bridge.settings import Settings
 from bridge.spool import Spool, SpoolEntry
+from bridge.topics import TopicWatch, refusal
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +97,7 @@ class Pipeline:
         dedup: Deduplicator | None = None,
         registry: SchemaRegistry | None = None,
         metrics: Metrics | None = None,
+        topics: TopicWatch | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
@@ -106,8 +112,14 @@ class Pipeline:
             dedup = Deduplicator(settings.dedup_window, settings.dedup_max_entries, spool)
         self.dedup = dedup
         self.metrics = Metrics() if metrics is None else metrics
+        self.topics = TopicWatch(settings, kafka=False) if topics is None else topics
         self.kafka_up = True  # false from a failed publish until the next acknowledgement
         self.in_flight = 0
+
+    @property
+    def unavailable_topics(self) -> int:
+        """Topics missing or refusing writes (for the metrics)."""
+        return self.topics.unavailable
 
     @property
     def remembered(self) -> int:
@@ -191,25 +203,51 @@ class Pipeline:
         return outcome
 
     async def _store(self, prepared: Prepared) -> Outcome:
-        spool, record = self.spool, prepared.record
+        spool, record, topics = self.spool, prepared.record, self.topics
+        if topics.refused or topics.missing(record.topic):
+            self._refused_before(record)
         if spool is not None and (not self.kafka_up or record.key in spool.keys):
             await spool.append(record)  # behind what waits, never overtaking it
             return Outcome("spooled", prepared)
         try:
             delivery = await self._publish(record)
-        except PublishRejected:
+        except PublishRefused as exc:
             self.metrics.kafka_errors.labels("publish").inc()
-            raise  # for good: spooling it would only block the spool
+            raise self._refusal(record.topic, exc) from None
         except PublishError as exc:
-            self.kafka_up = False
             self.metrics.kafka_errors.labels("publish").inc()
+            problem = await topics.problem(record.topic)  # a deleted topic looks like a timeout
+            if problem is not None:
+                raise self._refusal(record.topic, refusal(record.topic, problem)) from exc
+            self.kafka_up = False
             if spool is None:
                 raise
             logger.warning("Kafka did not acknowledge (%s): spooling", exc)
             await spool.append(record)
             return Outcome("spooled", prepared)
         self.kafka_up = True
+        if topics.refused:
+            topics.accept(record.topic)
         return Outcome("stored", prepared, delivery)
+
+    def _refused_before(self, record: Record) -> None:
+        """Raise the refusal at once for a topic found missing moments ago (publishing would
+        wait out the ack budget), or, refused lately, when the record would go to the spool."""
+        missing = self.topics.missing(record.topic)
+        if missing is not None:
+            raise self._refusal(record.topic, refusal(record.topic, missing))
+        known = self.topics.refused.get(record.topic)
+        spooling = self.spool is not None and (not self.kafka_up or record.key in self.spool.keys)
+        if known is not None and spooling:
+            raise self._refusal(record.topic, PublishRefused(known.detail, known.reason))
+
+    def _refusal(self, topic: str, error: PublishRefused) -> PublishRefused:
+        """Count a refusal and remember it for `/readyz`; the error to raise."""
+        if topic not in self.topics.refused:
+            logger.error("Kafka refuses writes to %s: %s", topic, error)
+        self.topics.refuse(topic, error)
+        self.metrics.kafka_refused.labels(error.reason).inc()
+        return error
 
     async def _publish(self, record: Record) -> Delivery:
         try:
@@ -251,7 +289,9 @@ class Pipeline:
         assert self.spool is not None  # noqa: S101 - only called with a spool
         entries = await self.spool.head(DRAIN_BATCH)
         sent = 0
-        for wave in _waves(entries):
+        for everyone in _waves(entries):
+            # Not sent to a topic found missing moments ago: it would wait out the ack budget.
+            wave = [e for e in everyone if self.topics.missing(e.record.topic) is None]
             results = await asyncio.gather(
                 *(self._publish(entry.record) for entry in wave),
                 return_exceptions=True,
@@ -259,14 +299,10 @@ class Pipeline:
             done = [e for e, r in zip(wave, results, strict=True) if isinstance(r, Delivery)]
             await self.spool.remove(done)
             sent += len(done)
-            for entry, result in zip(wave, results, strict=True):
-                if isinstance(result, PublishRejected):  # never block the rest
-                    await self.spool.quarantine(entry, str(result))
-            failed = [
-                r
-                for r in results
-                if isinstance(r, BaseException) and not isinstance(r, PublishRejected)
-            ]
+            for entry in done:
+                if self.topics.refused:
+                    self.topics.accept(entry.record.topic)
+            failed = await self._drain_failures(wave, results)
             if failed:
                 self.kafka_up = False
                 if isinstance(failed[0], PublishError):
@@ -274,14 +310,34 @@ class Pipeline:
                 raise PublishError(repr(failed[0])) from failed[0]
         if sent:
             self.kafka_up = True
+        elif entries:  # all refused: they stay, and the drain backs off
+            raise PublishRefused("every entry at the head of the spool is refused", "spooled")
         return sent
+
+    async def _drain_failures(
+        self, wave: list[SpoolEntry], results: list[Delivery | BaseException]
+    ) -> list[BaseException]:
+        """The failures that mean Kafka is down. The refused entries (by the broker, or for a
+        topic it no longer has) stay in the spool and do not hold up the others."""
+        failed = []
+        for entry, result in zip(wave, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            topic = entry.record.topic
+            if isinstance(result, PublishRefused):
+                self._refusal(topic, result)
+            elif isinstance(result, PublishError) and (problem := await self.topics.problem(topic)):
+                self._refusal(topic, refusal(topic, problem))
+            else:
+                failed.append(result)
+        return failed
 
     # -- health -------------------------------------------------------------------------------
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """Ready when a notification can be stored: Kafka reachable, or room in the spool."""
         kafka_problem = await self.publisher.check()
-        checks = {"kafka": kafka_problem or "ok"}
+        checks = {"kafka": kafka_problem or "ok", "topics": await self.topics.check() or "ok"}
         if self.registry is not None:
             # Ids are cached: a registry outage does not stop storing; it is reported.
             checks["schema_registry"] = await self.registry.check() or "ok"

@@ -12,15 +12,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kafka_errors
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
+    KafkaTimeoutError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
 )
 from aiokafka.partitioner import murmur2
 
-from bridge.errors import BrokerUnavailable, PublishError, PublishRejected
+from bridge.errors import BrokerUnavailable, PublishError, PublishRefused
 from bridge.kafka import kafka_options
 from bridge.record import Record
 from bridge.settings import Settings
@@ -37,6 +39,20 @@ CHECK_CACHE_SECONDS = 2.0  # readiness probes come often; ask the broker at most
 # broker refuses with OutOfOrderSequenceNumber. A new producer gets a new producer id and
 # starts again at sequence 0; the refused records are retried (spooled), not dropped.
 _WEDGED = (OutOfOrderSequenceNumber, InvalidProducerEpoch, ProducerFenced)
+
+# Why the broker refuses a write, as a bounded label; any other error it does not retry is
+# "other". (UnknownTopicOrPartition is retried by aiokafka until the ack budget runs out: a
+# deleted topic is found by `bridge.topics` instead.)
+REFUSALS: dict[type[KafkaError], str] = {
+    kafka_errors.TopicAuthorizationFailedError: "topic_authorization",
+    kafka_errors.ClusterAuthorizationFailedError: "cluster_authorization",
+    kafka_errors.TransactionalIdAuthorizationFailed: "cluster_authorization",
+    kafka_errors.UnknownTopicOrPartitionError: "topic_missing",
+    kafka_errors.InvalidTopicError: "topic_missing",
+    kafka_errors.MessageSizeTooLargeError: "too_large",
+    kafka_errors.RecordListTooLargeError: "too_large",
+    kafka_errors.PolicyViolationError: "policy",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +141,7 @@ class KafkaPublisher:
             self._renew(producer, exc)
             raise PublishError(f"{type(exc).__name__}: {exc}; renewing the producer") from exc
         except KafkaError as exc:
-            error = PublishError if exc.retriable else PublishRejected
-            raise error(f"{type(exc).__name__}: {exc}") from exc
+            raise publish_error(exc) from exc
         return Delivery(meta.topic, meta.partition, meta.offset)
 
     def _renew(self, wedged: AIOKafkaProducer, reason: KafkaError) -> None:
@@ -178,6 +193,20 @@ class KafkaPublisher:
             problem = None
         self._checked = (time.monotonic(), problem)
         return problem
+
+
+def publish_error(exc: KafkaError) -> PublishError:
+    """A failed send as bridge's error: a refusal (503, not spooled) when the broker will
+    refuse it again until someone changes the cluster, else a failure to spool."""
+    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    reason = REFUSALS.get(type(exc))
+    if reason is not None:
+        return PublishRefused(text, reason)
+    # Down or slow, or the producer being replaced under this send (ProducerClosed, marked
+    # not retriable by aiokafka): spool it.
+    if exc.retriable or isinstance(exc, (KafkaTimeoutError, kafka_errors.ProducerClosed)):
+        return PublishError(text)
+    return PublishRefused(text, "other")
 
 
 class MemoryPublisher:

@@ -69,6 +69,18 @@ class Settings(BaseSettings):
     kafka_connect_timeout: float = Field(
         10.0, gt=0, description="Seconds to wait for Kafka at start before giving up."
     )
+    kafka_create_topics: bool = Field(
+        False,  # noqa: FBT003
+        description="Create the topics at start when they are missing (with the two settings "
+        "below, `min.insync.replicas` 2 of 3, `max.message.bytes` BRIDGE_KAFKA_MAX_REQUEST_SIZE); "
+        "otherwise `bridge serve` refuses to start, naming the topic and the command.",
+    )
+    kafka_topic_partitions: int = Field(
+        6, ge=1, description="Partitions of each topic bridge creates (they can only grow)."
+    )
+    kafka_topic_replication_factor: int = Field(
+        3, ge=1, description="Replication factor of each topic bridge creates."
+    )
     ack_timeout: float = Field(
         5.0,
         gt=0,

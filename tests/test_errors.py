@@ -81,7 +81,8 @@ def test_a_registry_error_keeps_the_registrys_code_and_is_retriable() -> None:
     assert RegistryError("unreachable").error_code == 0
 
 
-def test_a_rejected_publish_is_a_publish_error_that_must_not_be_retried() -> None:
-    assert issubclass(errors.PublishRejected, PublishError)
+def test_a_refused_publish_is_a_503_the_vendor_retries_never_a_422() -> None:
+    refused = errors.PublishRefused("TopicAuthorizationFailedError: airudder.call", "acl")
+    assert isinstance(refused, PublishError)
+    assert (refused.status, refused.retriable, refused.reason) == (503, True, "acl")
     assert PublishError.retriable
-    assert not errors.PublishRejected.retriable

@@ -24,6 +24,7 @@ class StateNow:
     in_flight: int = 0
     kafka_up: bool = True
     remembered: int = 0
+    unavailable_topics: int = 0
     spool: SpoolNow | None = None
 
 

@@ -116,9 +116,12 @@ async def test_in_flight_work_is_bounded(pipeline: Pipeline) -> None:
 async def test_readiness_names_the_failing_dependency(
     pipeline: Pipeline, publisher: SwitchablePublisher
 ) -> None:
-    assert await pipeline.readiness() == (True, {"kafka": "ok", "spool": "ok"})
+    assert await pipeline.readiness() == (True, {"kafka": "ok", "topics": "ok", "spool": "ok"})
     await publisher.stop(1)
-    assert await pipeline.readiness() == (True, {"kafka": "not started", "spool": "ok"})
+    assert await pipeline.readiness() == (
+        True,
+        {"kafka": "not started", "topics": "ok", "spool": "ok"},
+    )
     assert pipeline.spool is not None
     await pipeline.spool.close()
     ready, checks = await pipeline.readiness()

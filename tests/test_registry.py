@@ -212,7 +212,7 @@ def test_a_registry_outage_alone_leaves_bridge_ready_but_degraded(tmp_path: Path
     with TestClient(create_app(settings, MemoryPublisher())) as app:
         assert app.get("/readyz").json() == {
             "status": "ready",
-            "checks": {"kafka": "ok", "schema_registry": "ok", "spool": "ok"},
+            "checks": {"kafka": "ok", "topics": "ok", "schema_registry": "ok", "spool": "ok"},
         }
         with pytest.raises(StopIteration):
             next(running)  # the registry stops
