@@ -46,12 +46,19 @@ class Reading:
     partitions: list[TopicPartition]
     missing: list[str]  # topics asked for that the broker does not have (yet)
 
-    async def records(self, idle: float | None) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
-        """The records as they come, until none came for `idle` seconds (None: forever)."""
+    async def records(
+        self, idle: float | None, *, to_end: bool = False
+    ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+        """The records as they come, until none came for `idle` seconds (None: forever); with
+        `to_end`, also until every partition is at the end offset it had when this began (only
+        for a broker whose end offsets can be trusted)."""
         if not self.partitions:
             return
+        ends = await self.consumer.end_offsets(self.partitions) if to_end else {}
         last = time.monotonic()
         while idle is None or time.monotonic() - last < idle:
+            if to_end and all([await self.consumer.position(tp) >= n for tp, n in ends.items()]):
+                return
             batch = await self.consumer.getmany(timeout_ms=POLL_MS)
             for messages in batch.values():
                 for message in messages:

@@ -18,15 +18,17 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from bridge.broker import EmbeddedBroker, KafkaCluster, free_port, kafka_missing
+from bridge.broker import EmbeddedBroker, KafkaCluster, free_port
 from bridge.settings import Settings
 from tests.helpers import (
     Broker,
     RunningRegistry,
     RunningServer,
     broker_settings,
+    require_apache_kafka,
     run_server,
     serve_in_thread,
+    started,
 )
 from tests.registry_double import Registry
 
@@ -80,17 +82,6 @@ def _on_another_broker(item: pytest.Item, chosen: set[str]) -> bool:
     )
 
 
-def require_apache_kafka() -> None:
-    """Skip (on a developer's machine) or fail (under CI) in one line when this machine cannot
-    run Apache Kafka."""
-    missing = kafka_missing()
-    if missing is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run the Apache Kafka tests, but {missing}", pytrace=False)
-    pytest.skip(f"Apache Kafka tests need Java and Maven: {missing}")
-
-
 @pytest.fixture(scope="session")
 def tansu_broker() -> Iterator[Broker]:
     """Tansu (the embedded development broker) on a free loopback port."""
@@ -129,8 +120,11 @@ def broker(request: pytest.FixtureRequest) -> Broker:
 @pytest.fixture(scope="session")
 def _kafka_cluster() -> Iterator[KafkaCluster]:
     require_apache_kafka()
-    with KafkaCluster(3) as cluster:
-        yield cluster
+    # The one three-broker cluster of the session (the fault tests' too): four JVMs of 256 MB
+    # share two cores with the bridge under test, and may take minutes to start under load.
+    cluster = started(KafkaCluster(3, heap="256m"))
+    yield cluster
+    cluster.close()
 
 
 @pytest.fixture

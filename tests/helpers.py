@@ -19,17 +19,19 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 import uvicorn
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
 from bridge.app import create_app
 from bridge.broker import (
+    BrokerUnavailable,
     EmbeddedBroker,
     KafkaCluster,
     create_topics,
-    describe_partitions,
     free_port,
+    kafka_missing,
 )
 from bridge.errors import PublishError
+from bridge.kafka import reading
 from bridge.publish import Delivery, MemoryPublisher, Publisher
 from bridge.record import Record
 from bridge.routing import all_topics
@@ -48,11 +50,13 @@ __all__ = [
     "free_port",
     "notification",
     "process_env",
+    "require_apache_kafka",
     "run_server",
     "run_sync",
     "sample",
     "sample_bytes",
     "serve_in_thread",
+    "started",
     "wait_for",
     "wait_for_port",
 ]
@@ -99,22 +103,30 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
 
 
 def wait_for_port(
-    port: int, timeout: float = 20.0, process: subprocess.Popen[Any] | None = None
+    port: int,
+    timeout: float = 20.0,
+    process: subprocess.Popen[Any] | None = None,
+    log: Path | None = None,
 ) -> None:
     """Until something accepts connections on 127.0.0.1:`port`; fails at once if `process`
-    exits first."""
+    exits first, with the end of its `log`."""
+
+    def output() -> str:
+        if log is not None:
+            return log.read_text(errors="replace")[-3000:]
+        return process.communicate()[0] if process is not None and process.stdout else ""
 
     def accepting() -> bool:
         if process is not None and process.poll() is not None:
-            out = process.communicate()[0] if process.stdout else ""
-            pytest.fail(f"exited early ({process.returncode}) before listening on {port}: {out}")
+            code = process.returncode
+            pytest.fail(f"exited early ({code}) before listening on {port}: {output()}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
         except OSError:
             return False
         return True
 
-    wait_for(accepting, timeout, f"nothing listened on {port}")
+    wait_for(accepting, timeout, f"nothing listened on {port}{f' (log: {log})' if log else ''}")
 
 
 def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -199,6 +211,28 @@ class SwitchablePublisher(MemoryPublisher):
 # --- the broker under test ------------------------------------------------------------------
 
 
+def require_apache_kafka() -> None:
+    """Skip (on a developer's machine) or fail (under CI) in one line when this machine cannot
+    run Apache Kafka."""
+    missing = kafka_missing()
+    if missing is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the Apache Kafka tests, but {missing}", pytrace=False)
+    pytest.skip(f"Apache Kafka tests need Java and Maven: {missing}")
+
+
+def started(cluster: KafkaCluster, timeout: float = 240.0) -> KafkaCluster:
+    """`cluster` started (on a loaded machine its JVMs may take minutes), or the test failed
+    with the cause and the cluster closed."""
+    try:
+        cluster.start(timeout=timeout)
+    except BrokerUnavailable as exc:
+        cluster.close()
+        pytest.fail(str(exc))
+    return cluster
+
+
 @dataclass(frozen=True)
 class Broker:
     """The broker a test runs against (the `broker` fixture: Tansu or Apache Kafka) and what
@@ -237,43 +271,21 @@ def broker_settings(broker: Broker, topic_prefix: str, tmp_path: Path) -> Settin
 
 
 async def consume(
-    bootstrap_servers: str, topics: list[str], idle: float | None = None
+    bootstrap_servers: str, topics: list[str], idle: float | None = None, timeout: float = 90.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record in `topics`, from the beginning: up to the end offsets read at the start,
-    or, given `idle`, until nothing new comes for `idle` seconds (prefer `Broker.consume`,
-    which knows whether its broker's end offsets can be trusted)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
+    """Every record in `topics`, from the beginning (`bridge.kafka.reading`, as tail and
+    replay read): up to the end offsets read at the start, or, given `idle`, until nothing new
+    comes for `idle` seconds (prefer `Broker.consume`, which knows whether its broker's end
+    offsets can be trusted). Fails the test after `timeout` seconds."""
     try:
-        # The consumer's own metadata may not list the topics yet: ask the broker.
-        described = {
-            t: await asyncio.to_thread(describe_partitions, bootstrap_servers, t) for t in topics
-        }
-        partitions = [
-            TopicPartition(topic, state.partition)
-            for topic, states in described.items()
-            for state in states
-        ]
-        assert partitions, f"no partitions in {topics}"
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions) if idle is None else {}
-        records: list[ConsumerRecord[bytes, bytes]] = []
-        last = time.monotonic()
-        deadline = last + 60
-        while True:
-            if idle is None:
-                positions = {tp: await consumer.position(tp) for tp in partitions}
-                if all(positions[tp] >= end for tp, end in ends.items()):
-                    return records
-                if time.monotonic() > deadline:
-                    pytest.fail(f"end offsets {ends} not reached, at {positions}")
-            elif time.monotonic() - last >= idle:
-                return records
-            batch = await consumer.getmany(timeout_ms=200)
-            for messages in batch.values():
-                records.extend(messages)
-            if batch:
-                last = time.monotonic()
-    finally:
-        await consumer.stop()
+        async with asyncio.timeout(timeout):
+            # A broker just restarted may not list every topic at first: ask again a while.
+            settled = time.monotonic() + 10
+            while True:
+                async with reading({"bootstrap_servers": bootstrap_servers}, topics) as read:
+                    if not read.missing or time.monotonic() > settled:
+                        assert read.partitions, f"no partitions in {topics}"
+                        return [r async for r in read.records(idle, to_end=idle is None)]
+                await asyncio.sleep(0.5)
+    except TimeoutError:
+        pytest.fail(f"reading {topics} back: not done within {timeout} s")

@@ -13,9 +13,6 @@ import os
 import random
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -23,21 +20,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bridge.broker import create_topics, free_port
 from bridge.event_ids import config_problem, event_ids_topic
 from bridge.routing import all_topics
 from bridge.settings import load_settings
-from tests.helpers import Broker, sample
+from tests.helpers import Broker, notification, process_env
+from tests.traffic import BridgeProcess, Landed, listening
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
 TOKEN = "ids-token"
-TEMPLATE = sample("call")
 RETRY_AFTER = 1.5  # seconds after the previous answer (the vendor waits a minute)
 
 
@@ -48,77 +43,17 @@ def prefix(broker: Broker) -> str:
     return name
 
 
-def notification(case: int) -> bytes:
-    data = {**TEMPLATE, "callee": {**TEMPLATE["callee"], "case_id": f"case-{case}"}}
-    data["call"] = {**TEMPLATE["call"], "call_id": f"ids-{case}"}
-    return orjson.dumps(data)
-
-
-class Bridge:
-    """`bridge serve` as a child process, on its own port and spool."""
-
-    def __init__(self, broker: Broker, prefix: str, directory: Path, **extra: str) -> None:
-        self.port = free_port()
-        self.log = directory / "bridge.log"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-        self.env.update(
-            BRIDGE_KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
-            BRIDGE_KAFKA_ENABLE_IDEMPOTENCE=str(broker.idempotence).lower(),
-            BRIDGE_TOPIC_PREFIX=prefix,
-            BRIDGE_PORT=str(self.port),
-            BRIDGE_SPOOL_DIR=str(directory / "spool"),
-            BRIDGE_AUTH_TOKENS=TOKEN,
-            BRIDGE_LOG_LEVEL="info",
-            **extra,
-        )
-        self.url = f"http://127.0.0.1:{self.port}/webhooks/airudder/{TOKEN}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bridge", "serve"], env=self.env, stdout=log, stderr=log
-            )
-
-    def wait_serving(self, workers: int = 1, timeout: float = 40.0) -> None:
-        deadline = time.monotonic() + timeout
-        while listening(self.port) < workers:
-            assert self.process is not None
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"bridge did not serve: {self.log.read_text()[-3000:]}")
-            time.sleep(0.1)
-
-    def terminate(self, timeout: float = 20.0) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
-        self.process = None
-        return code
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def metrics(self) -> str:
-        return httpx2.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10).text
-
-
-def listening(port: int) -> int:
-    """Sockets listening on the port (one per worker: SO_REUSEPORT)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in Path(table).read_text().splitlines()[1:]:
-            fields = row.split()
-            count += fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port
-    if count == 0:  # not Linux's /proc: one connection tells at least one
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return 1
-        except OSError:
-            return 0
-    return count
+def bridge_process(broker: Broker, prefix: str, directory: Path, **extra: str) -> BridgeProcess:
+    """`bridge serve` on `broker`, on its own port and spool."""
+    settings = load_settings(
+        kafka_bootstrap_servers=broker.bootstrap_servers,
+        kafka_enable_idempotence=broker.idempotence,
+        topic_prefix=prefix,
+        port=free_port(),
+        spool_dir=directory / "spool",
+    )
+    env = process_env(settings, BRIDGE_AUTH_TOKENS=TOKEN, BRIDGE_LOG_LEVEL="info", **extra)
+    return BridgeProcess(env, directory / "bridge.log")
 
 
 def workers_of(pid: int) -> list[int]:
@@ -132,16 +67,16 @@ def workers_of(pid: int) -> list[int]:
 
 
 @pytest.fixture
-def bridges(tmp_path: Path) -> Iterator[list[Bridge]]:
-    started: list[Bridge] = []
+def bridges(tmp_path: Path) -> Iterator[list[BridgeProcess]]:
+    started: list[BridgeProcess] = []
     yield started
     for bridge in started:
         bridge.kill()
 
 
-def start_all(processes: list[Bridge], workers: int = 1) -> None:
+def start_all(processes: list[BridgeProcess], workers: int = 1) -> None:
     for bridge in processes:
-        bridge.start()
+        bridge.launch()
     for bridge in processes:
         bridge.wait_serving(workers)
 
@@ -151,7 +86,7 @@ async def post(client: httpx2.AsyncClient, url: str, body: bytes) -> int:
 
 
 async def send_retries(
-    targets: list[Bridge], cases: int, seed: int, halfway: object = None
+    targets: list[BridgeProcess], cases: int, seed: int, halfway: object = None
 ) -> dict[int, list[int]]:
     """Each case sent 1-6 times, each time to a random target, the next try RETRY_AFTER after
     the previous answer; `halfway` (a coroutine function) runs after the third round."""
@@ -167,7 +102,10 @@ async def send_retries(
             live = [b for b in targets if b.process is not None]
             due = [case for case, count in times.items() if attempt < count]
             statuses = await asyncio.gather(
-                *(post(client, rng.choice(live).url, notification(case)) for case in due)
+                *(
+                    post(client, rng.choice(live).url, notification(f"case-{case}", 0))
+                    for case in due
+                )
             )
             for case, status in zip(due, statuses, strict=True):
                 answers[case].append(status)
@@ -176,26 +114,8 @@ async def send_retries(
 
 
 async def landed(broker: Broker, prefix: str) -> Counter[str]:
-    """What is in `<prefix>call`, by event id, read until nothing comes for 2 s (Tansu's end
-    offsets are not to be trusted after multi-record batches)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=None)
-    await consumer.start()
-    try:
-        # The prefix fixture made it with 3 partitions (create_topics' default); assigned by
-        # number, as a consumer without a group does not learn new topics' partitions.
-        consumer.assign([TopicPartition(f"{prefix}call", p) for p in range(3)])
-        await consumer.seek_to_beginning()
-        counts: Counter[str] = Counter()
-        last = time.monotonic()
-        while time.monotonic() - last < 2.0:
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                counts.update(dict(r.headers)["event-id"].decode() for r in records)
-            if batch:
-                last = time.monotonic()
-        return counts
-    finally:
-        await consumer.stop()
+    """What is in `<prefix>call`, by event id."""
+    return Landed.of(await broker.consume([f"{prefix}call"], idle=2.0)).counts
 
 
 def metric(text: str, name: str) -> float:
@@ -221,7 +141,7 @@ def lag_report(texts: list[str]) -> str:
 
 def assert_once_each(answers: dict[int, list[int]], counts: Counter[str]) -> None:
     assert all(status == 200 for statuses in answers.values() for status in statuses), answers
-    expected = Counter({f"call:ids-{case}": 1 for case in answers})
+    expected = Counter({f"call:case-{case}/0": 1 for case in answers})
     lost = sorted(set(expected) - set(counts))
     twice = {event_id: n for event_id, n in counts.items() if n > 1}
     assert lost == [], f"{len(lost)} lost"
@@ -230,16 +150,16 @@ def assert_once_each(answers: dict[int, list[int]], counts: Counter[str]) -> Non
 
 
 async def test_three_processes_one_restarted_store_each_notification_once(
-    broker: Broker, prefix: str, tmp_path: Path, bridges: list[Bridge]
+    broker: Broker, prefix: str, tmp_path: Path, bridges: list[BridgeProcess]
 ) -> None:
-    bridges += [Bridge(broker, prefix, tmp_path / f"p{i}") for i in range(3)]
+    bridges += [bridge_process(broker, prefix, tmp_path / f"p{i}") for i in range(3)]
     for i in range(3):
         (tmp_path / f"p{i}").mkdir()
     await asyncio.to_thread(start_all, bridges)
 
     async def restart() -> None:
         assert await asyncio.to_thread(bridges[1].terminate) == 0
-        bridges[1].start()
+        bridges[1].launch()
         await asyncio.to_thread(bridges[1].wait_serving)
 
     answers = await send_retries(bridges, cases=24, seed=15, halfway=restart)
@@ -253,9 +173,9 @@ async def test_three_processes_one_restarted_store_each_notification_once(
 
 
 async def test_three_workers_one_killed_store_each_notification_once(
-    broker: Broker, prefix: str, tmp_path: Path, bridges: list[Bridge]
+    broker: Broker, prefix: str, tmp_path: Path, bridges: list[BridgeProcess]
 ) -> None:
-    bridge = Bridge(broker, prefix, tmp_path, BRIDGE_WORKERS="3")
+    bridge = bridge_process(broker, prefix, tmp_path, BRIDGE_WORKERS="3")
     bridges.append(bridge)
     await asyncio.to_thread(start_all, bridges, 3)
 
@@ -277,11 +197,11 @@ async def test_three_workers_one_killed_store_each_notification_once(
 
 
 async def test_without_the_topic_nothing_is_lost_and_the_duplicates_are_counted(
-    broker: Broker, prefix: str, tmp_path: Path, bridges: list[Bridge]
+    broker: Broker, prefix: str, tmp_path: Path, bridges: list[BridgeProcess]
 ) -> None:
     if broker.name == "tansu":
         pytest.skip("Tansu creates a deleted topic again on the next write: it cannot be away")
-    bridges += [Bridge(broker, prefix, tmp_path / f"p{i}") for i in range(3)]
+    bridges += [bridge_process(broker, prefix, tmp_path / f"p{i}") for i in range(3)]
     for i in range(3):
         (tmp_path / f"p{i}").mkdir()
     await asyncio.to_thread(start_all, bridges)
@@ -296,7 +216,7 @@ async def test_without_the_topic_nothing_is_lost_and_the_duplicates_are_counted(
     counts = await landed(broker, prefix)
     texts = [b.metrics() for b in bridges]
     assert all(status == 200 for statuses in answers.values() for status in statuses)
-    assert set(counts) == {f"call:ids-{case}" for case in answers}, "lost"
+    assert set(counts) == {f"call:case-{case}/0" for case in answers}, "lost"
     duplicates = sum(counts.values()) - len(counts)
     unshared = sum(metric(t, "bridge_dedup_unshared_total") for t in texts)
     assert unshared > 0

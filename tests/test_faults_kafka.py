@@ -13,15 +13,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx2
 import pytest
 from aiokafka.partitioner import murmur2
 
@@ -32,22 +28,19 @@ from bridge.broker import (
     create_topics,
     free_port,
     kafka_classpath,
-    kafka_missing,
 )
 from bridge.routing import all_topics
-from bridge.settings import Settings, load_settings
-from tests.helpers import process_env, run_sync
+from bridge.settings import load_settings
+from tests.helpers import consume, process_env, require_apache_kafka, run_sync, started, wait_for
 from tests.traffic import (
     Answers,
+    BridgeProcess,
     Landed,
     Load,
     Sent,
+    assert_kept,
     case_key,
-    lost,
-    order_broken,
-    read_back,
     scrape,
-    wait_drained,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
@@ -66,26 +59,6 @@ OUTAGE = 30.0
 def _quiet_http_client(caplog: pytest.LogCaptureFixture) -> None:
     # One line per request at INFO would bury the figures and the brokers' messages.
     caplog.set_level(logging.WARNING, logger="httpx2")
-
-
-def _apache_kafka_or_skip() -> None:
-    missing = kafka_missing()
-    if missing is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"Apache Kafka cannot run, and CI must run these tests: {missing}")
-    pytest.skip(f"Apache Kafka cannot run: {missing}")
-
-
-def _started(cluster: KafkaCluster) -> KafkaCluster:
-    try:
-        cluster.start(timeout=240)
-    except BrokerUnavailable as exc:
-        cluster.close()
-        pytest.fail(str(exc))
-    for node in cluster.nodes.values():
-        yield_cpu(node)
-    return cluster
 
 
 def yield_cpu(node: KafkaNode) -> None:
@@ -113,31 +86,29 @@ def relaunch(cluster: KafkaCluster, timeout: float = 240.0) -> None:
         yield_cpu(node)  # and the threads started since
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[KafkaCluster]:
-    """Three brokers beside a controller, for every test of this module but the last."""
-    _apache_kafka_or_skip()
-    running = _started(KafkaCluster(brokers=3, heap="256m"))
-    yield running
-    running.close()
+@pytest.fixture
+def cluster(kafka_cluster: KafkaCluster) -> KafkaCluster:
+    """The session's three brokers beside a controller (conftest's `kafka_cluster`, which
+    starts again after each test what it left down), for every test of this module but the
+    last."""
+    return kafka_cluster
 
 
 @pytest.fixture
 def single() -> Iterator[KafkaCluster]:
     """One combined broker and controller node."""
-    _apache_kafka_or_skip()
-    running = _started(KafkaCluster(brokers=1, heap="256m"))
+    require_apache_kafka()
+    running = started(KafkaCluster(brokers=1, heap="256m"))
+    for node in running.nodes.values():
+        yield_cpu(node)
     yield running
     running.close()
 
 
-def wait_for(what: str, ready: Callable[[], bool], timeout: float, logs: list[Path]) -> float:
+def _waited(what: str, ready: Callable[[], bool], timeout: float, logs: list[Path]) -> float:
     """Poll `ready` until true; return the seconds it took, or fail naming the logs."""
     started = time.monotonic()
-    while not ready():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"{what}: not within {timeout:g} s; logs: {', '.join(map(str, logs))}")
-        time.sleep(0.3)
+    wait_for(ready, timeout, f"{what} (logs: {', '.join(map(str, logs))})", interval=0.3)
     return time.monotonic() - started
 
 
@@ -178,47 +149,7 @@ def leaderless(cluster: KafkaCluster, topic: str, node_id: int) -> Callable[[], 
     return check
 
 
-class Bridge:
-    """`bridge serve` as a child process, its output in `log`."""
-
-    def __init__(self, settings: Settings, env: dict[str, str], log: Path) -> None:
-        self.settings, self.env, self.log = settings, env, log
-        self.topic = f"{settings.topic_prefix}call"
-        self.base_url = f"http://127.0.0.1:{settings.port}"
-        self.url = f"{self.base_url}/webhooks/airudder/{TOKEN}"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> None:
-        with self.log.open("ab") as out:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "bridge", "serve"], env=self.env, stdout=out, stderr=out
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                pytest.fail(f"bridge exited ({self._process.returncode}):\n{self.tail()}")
-            try:
-                if httpx2.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx2.TransportError:
-                time.sleep(0.2)
-        pytest.fail(f"bridge did not serve within {timeout:g} s:\n{self.tail()}")
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(20)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            self._process = None
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def bridge_for(kafka: KafkaCluster, tmp_path: Path, replication: int) -> Iterator[Bridge]:
+def bridge_for(kafka: KafkaCluster, tmp_path: Path, replication: int) -> Iterator[BridgeProcess]:
     prefix = f"f{os.urandom(5).hex()}."
     run_sync(create_topics(kafka.bootstrap_servers, all_topics(prefix), 3, replication))
     settings = load_settings(
@@ -227,14 +158,14 @@ def bridge_for(kafka: KafkaCluster, tmp_path: Path, replication: int) -> Iterato
         topic_prefix=prefix,
         port=free_port(),
     )
-    wait_for("topics replicated", fully_replicated(kafka, f"{prefix}call"), 60, kafka.log_paths)
+    _waited("topics replicated", fully_replicated(kafka, f"{prefix}call"), 60, kafka.log_paths)
     env = process_env(
         settings,
         BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="true",  # the production default, which Tansu lacks
         BRIDGE_AUTH_TOKENS=TOKEN,
         BRIDGE_LOG_LEVEL="info",
     )
-    process = Bridge(settings, env, tmp_path / "bridge.log")
+    process = BridgeProcess(env, tmp_path / "bridge.log")
     process.start()
     try:
         yield process
@@ -243,15 +174,18 @@ def bridge_for(kafka: KafkaCluster, tmp_path: Path, replication: int) -> Iterato
 
 
 @pytest.fixture
-def bridge(cluster: KafkaCluster, tmp_path: Path) -> Iterator[Bridge]:
-    """bridge on the three-broker cluster, once every broker is back from the test before."""
+def bridge(cluster: KafkaCluster, tmp_path: Path) -> Iterator[BridgeProcess]:
+    """bridge on the three-broker cluster, once every node is back from the test before (all
+    brokers up, every ISR full: `bridge_for` waits for it) and at a lower priority."""
     relaunch(cluster)
+    for node in cluster.nodes.values():  # those conftest started again too
+        yield_cpu(node)
     cluster.wait_ready(timeout=120)
     yield from bridge_for(cluster, tmp_path, replication=3)
 
 
 @pytest.fixture
-def lone_bridge(single: KafkaCluster, tmp_path: Path) -> Iterator[Bridge]:
+def lone_bridge(single: KafkaCluster, tmp_path: Path) -> Iterator[BridgeProcess]:
     yield from bridge_for(single, tmp_path, replication=1)
 
 
@@ -263,16 +197,13 @@ async def settle(load: Load, seconds: float) -> None:
 
 
 async def finish(
-    load: Load, bridge: Bridge, kafka: KafkaCluster, what: str
+    load: Load, bridge: BridgeProcess, kafka: KafkaCluster, what: str
 ) -> tuple[list[Sent], Landed, dict[str, float]]:
     """Stop the load, wait for the spool to drain, read Kafka back; log the figures."""
     sent = await load.stop()
-    try:
-        drained = await wait_drained(bridge.base_url, timeout=120)
-    except TimeoutError as exc:
-        pytest.fail(f"{what}: {exc}\n{bridge.tail()}")
+    drained = await bridge.drained(timeout=120)
     figures = await scrape(bridge.base_url)
-    landed = await read_back(kafka.bootstrap_servers, [bridge.topic], timeout=90)
+    landed = Landed.of(await consume(kafka.bootstrap_servers, [bridge.topic], timeout=90))
     logger.info(
         "%s: %s; spooled %d, drained %.1f s after the load stopped; in Kafka %d event ids, "
         "%d duplicates; drain errors %d",
@@ -285,14 +216,6 @@ async def finish(
         figures.get('bridge_kafka_errors_total{operation="drain"}', 0),
     )
     return sent, landed, figures
-
-
-def assert_kept(sent: list[Sent], landed: Landed) -> None:
-    acknowledged = [s for s in sent if s.acknowledged]
-    assert acknowledged, str(Answers.of(sent))
-    missing = lost(sent, landed)
-    assert missing == [], f"{len(missing)} of {len(acknowledged)} acknowledged lost: {missing[:10]}"
-    assert order_broken(sent, landed) == []
 
 
 def assert_all_answered_200_in_time(sent: list[Sent]) -> None:
@@ -324,7 +247,7 @@ def busiest_leader(kafka: KafkaCluster, topic: str) -> int:
 
 
 async def test_1_sigkill_of_the_busiest_leader_loses_nothing_keeps_order_answers_in_10s(
-    bridge: Bridge, cluster: KafkaCluster
+    bridge: BridgeProcess, cluster: KafkaCluster
 ) -> None:
     topic = bridge.topic
     victim = cluster.node(busiest_leader(cluster, topic))
@@ -333,7 +256,7 @@ async def test_1_sigkill_of_the_busiest_leader_loses_nothing_keeps_order_answers
         victim.kill()
         killed = time.monotonic()
         moved = await asyncio.to_thread(
-            wait_for,
+            _waited,
             "leaders moved",
             leaderless(cluster, topic, victim.node_id),
             60,
@@ -342,7 +265,7 @@ async def test_1_sigkill_of_the_busiest_leader_loses_nothing_keeps_order_answers
         await settle(load, 3)
         await asyncio.to_thread(relaunch, cluster)
         back = await asyncio.to_thread(
-            wait_for,
+            _waited,
             "replicas back in sync",
             fully_replicated(cluster, topic),
             120,
@@ -360,7 +283,7 @@ async def test_1_sigkill_of_the_busiest_leader_loses_nothing_keeps_order_answers
 
 
 async def test_2_two_of_three_brokers_down_for_30s_spooled_answered_200_then_drained(
-    bridge: Bridge, cluster: KafkaCluster
+    bridge: BridgeProcess, cluster: KafkaCluster
 ) -> None:
     survivor, *down = cluster.brokers
     async with Load(bridge.url, cases=CASES, rate=RATE) as load:
@@ -369,7 +292,7 @@ async def test_2_two_of_three_brokers_down_for_30s_spooled_answered_200_then_dra
             node.kill()
         killed = time.monotonic()
         below = await asyncio.to_thread(
-            wait_for,
+            _waited,
             "every partition below min.insync.replicas=2",
             under_replicated(cluster, bridge.topic, below=2),
             OUTAGE,
@@ -379,7 +302,7 @@ async def test_2_two_of_three_brokers_down_for_30s_spooled_answered_200_then_dra
         spooled_while_down = spooled(await scrape(bridge.base_url))
         await asyncio.to_thread(relaunch, cluster)
         back = time.monotonic()
-        drained = await wait_drained(bridge.base_url, timeout=120)
+        drained = await bridge.drained(timeout=120)
         await settle(load, 3)
         during = len([s for s in load.since(killed) if s.answered < back])
     sent, landed, _ = await finish(load, bridge, cluster, "two of three brokers down")
@@ -400,7 +323,7 @@ async def test_2_two_of_three_brokers_down_for_30s_spooled_answered_200_then_dra
 
 
 async def test_3_a_rolling_restart_loses_nothing_and_answers_no_error(
-    bridge: Bridge, cluster: KafkaCluster
+    bridge: BridgeProcess, cluster: KafkaCluster
 ) -> None:
     async with Load(bridge.url, cases=CASES, rate=RATE) as load:
         await settle(load, 5)
@@ -409,7 +332,7 @@ async def test_3_a_rolling_restart_loses_nothing_and_answers_no_error(
             await asyncio.to_thread(node.stop, 60)  # a clean shutdown: leadership moves first
             await asyncio.to_thread(relaunch, cluster)
             await asyncio.to_thread(
-                wait_for,
+                _waited,
                 f"broker {node.node_id} back in sync",
                 fully_replicated(cluster, bridge.topic),
                 120,
@@ -424,7 +347,7 @@ async def test_3_a_rolling_restart_loses_nothing_and_answers_no_error(
 
 
 async def test_4_the_whole_cluster_down_for_30s_loses_nothing_and_keeps_order(
-    bridge: Bridge, cluster: KafkaCluster
+    bridge: BridgeProcess, cluster: KafkaCluster
 ) -> None:
     async with Load(bridge.url, cases=CASES, rate=RATE) as load:
         await settle(load, 5)
@@ -435,7 +358,7 @@ async def test_4_the_whole_cluster_down_for_30s_loses_nothing_and_keeps_order(
         spooled_while_down = spooled(await scrape(bridge.base_url))
         await asyncio.to_thread(relaunch, cluster)
         back = time.monotonic()
-        drained = await wait_drained(bridge.base_url, timeout=120)
+        drained = await bridge.drained(timeout=120)
         await settle(load, 3)
     sent, landed, _ = await finish(load, bridge, cluster, "whole cluster down")
     logger.info(
@@ -450,7 +373,7 @@ async def test_4_the_whole_cluster_down_for_30s_loses_nothing_and_keeps_order(
 
 
 async def test_5_sigkill_of_the_single_broker_restarted_on_its_log_dirs_loses_nothing(
-    lone_bridge: Bridge, single: KafkaCluster
+    lone_bridge: BridgeProcess, single: KafkaCluster
 ) -> None:
     (node,) = single.brokers
     async with Load(lone_bridge.url, cases=CASES, rate=RATE) as load:
@@ -461,7 +384,7 @@ async def test_5_sigkill_of_the_single_broker_restarted_on_its_log_dirs_loses_no
         spooled_while_down = spooled(await scrape(lone_bridge.base_url))
         await asyncio.to_thread(relaunch, single)  # on the same log directories
         back = time.monotonic()
-        drained = await wait_drained(lone_bridge.base_url, timeout=120)
+        drained = await lone_bridge.drained(timeout=120)
         await settle(load, 3)
     sent, landed, _ = await finish(load, lone_bridge, single, "single broker SIGKILL")
     logger.info(

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,9 +25,9 @@ import pytest
 import trustme
 
 from bridge.app import WEBHOOK_PATH
-from bridge.broker import KafkaCluster, KafkaSecurity, create_topics, free_port, kafka_missing
+from bridge.broker import KafkaCluster, KafkaSecurity, create_topics, free_port
 from bridge.routing import all_topics
-from tests.helpers import run_sync, sample, sample_bytes
+from tests.helpers import require_apache_kafka, run_sync, sample, sample_bytes, wait_for_port
 
 pytestmark = pytest.mark.kafka
 
@@ -90,11 +89,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 def cluster(certificates: Certificates) -> Iterator[KafkaCluster]:
     """One Apache Kafka node with PLAINTEXT (for the test's own admin), SASL_SSL, SSL and
     MTLS listeners; the SCRAM user is created when its storage is formatted."""
-    missing = kafka_missing()
-    if missing is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Apache Kafka tests cannot run under CI: {missing}")
-        pytest.skip(f"Apache Kafka tests skipped: {missing}")
+    require_apache_kafka()
     security = KafkaSecurity(
         certificate=certificates.server,
         private_key=certificates.server_key,
@@ -171,20 +166,6 @@ def secured(cluster: KafkaCluster, certificates: Certificates, tmp_path: Path) -
     return Secured(cluster, certificates, prefix, tmp_path)
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"bridge serve exited ({process.returncode}): {log.read_text()[-3000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        except OSError:
-            time.sleep(0.1)
-        else:
-            return
-    pytest.fail(f"bridge serve did not listen on {port}: {log.read_text()[-3000:]}")
-
-
 @pytest.mark.parametrize("listener", LISTENERS)
 def test_bridge_serve_publishes_and_bridge_tail_reads_through_the_listener(
     listener: str, secured: Secured
@@ -195,7 +176,7 @@ def test_bridge_serve_publishes_and_bridge_tail_reads_through_the_listener(
     with log.open("wb") as out:
         process = subprocess.Popen([*BRIDGE, "serve"], env=env, stdout=out, stderr=out)
     try:
-        wait_for_port(int(env["BRIDGE_PORT"]), process, log)
+        wait_for_port(int(env["BRIDGE_PORT"]), 60, process, log)
         response = httpx2.post(
             f"http://127.0.0.1:{env['BRIDGE_PORT']}{WEBHOOK_PATH}",
             content=sample_bytes("call"),

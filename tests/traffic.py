@@ -2,10 +2,10 @@
 
 For the fault tests, whatever the broker: `Load` posts notifications for a number of cases at
 a steady rate (each case one request after another, as the vendor does) until it is stopped or
-its time bound runs out, and keeps every answer with its time; `read_back` reads every record
-of some topics into a `Landed` (counts by event id, each key's records in partition order);
-`lost` and `order_broken` compare the two; `scrape` and `wait_drained` read the bridge's own
-figures from `/metrics`.
+its time bound runs out, and keeps every answer with its time; `Landed` holds the records read
+back (`tests.helpers.consume`) by event id, each key's records in partition order; `lost`,
+`order_broken` and `assert_kept` compare the two; `BridgeProcess` runs `bridge serve`, and
+`scrape` and `wait_drained` read the bridge's own figures from `/metrics`.
 """
 
 from __future__ import annotations
@@ -13,35 +13,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import httpx2
-import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-TEMPLATE: dict[str, Any] = orjson.loads(
-    (Path(__file__).resolve().parent.parent / "examples" / "notifications" / "call.json")
-    .read_bytes()
-)  # fmt: skip
+from tests.helpers import notification
 
 
 def case_key(case: int) -> bytes:
     """The Kafka key of a case: its case id."""
     return f"case-{case}".encode()
-
-
-def notification(case: int, step: int) -> bytes:
-    """A call notification of `case`, the `step`-th of its history (event id
-    `call:case-<case>/<step>`)."""
-    data = {**TEMPLATE, "callee": {**TEMPLATE["callee"], "case_id": f"case-{case}"}}
-    data["call"] = {**TEMPLATE["call"], "call_id": f"case-{case}/{step}"}
-    return orjson.dumps(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +104,17 @@ class Load:
             await self._task
         return self.sent
 
+    async def done(self) -> list[Sent]:
+        """Wait until the load has run out its time (`limit`), and return every answer."""
+        if self._task is not None:
+            await self._task
+        return self.sent
+
+    @property
+    def finished(self) -> bool:
+        """The load has run out its time."""
+        return self._task is not None and self._task.done()
+
     def since(self, moment: float) -> list[Sent]:
         """The answers given after `moment` (monotonic)."""
         return [s for s in self.sent if s.answered > moment]
@@ -134,7 +138,8 @@ class Load:
             began = time.monotonic()
             status = retry_after = error = None
             try:
-                response = await client.post(self.url, content=notification(case, step))
+                body = notification(f"case-{case}", step)
+                response = await client.post(self.url, content=body)
                 status, retry_after = response.status_code, response.headers.get("retry-after")
             except httpx2.TransportError as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -194,6 +199,13 @@ class Landed:
         default_factory=lambda: defaultdict(set)
     )
 
+    @classmethod
+    def of(cls, records: list[ConsumerRecord[bytes, bytes]]) -> Landed:
+        landed = cls()
+        for record in records:
+            landed.add(record)
+        return landed
+
     def add(self, record: ConsumerRecord[bytes, bytes]) -> None:
         event_id = dict(record.headers)["event-id"].decode()
         self.counts[event_id] += 1
@@ -203,52 +215,6 @@ class Landed:
     @property
     def duplicates(self) -> int:
         return sum(n - 1 for n in self.counts.values())
-
-
-async def read_back(
-    bootstrap_servers: str,
-    topics: list[str],
-    *,
-    idle: float | None = None,
-    timeout: float = 60.0,
-) -> Landed:
-    """Every record of `topics`, from the beginning up to the end offsets Kafka gives at the
-    start; or, with `idle`, until nothing new came for that many seconds (for a broker whose
-    end offsets cannot be trusted). Raises TimeoutError when that takes over `timeout`."""
-    landed = Landed()
-    # Subscribed without a group, the consumer is given every partition once its metadata
-    # lists the topic (a broker just restarted may not list it at first).
-    consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        request_timeout_ms=10000,
-    )
-    async with asyncio.timeout(timeout):
-        await consumer.start()
-        try:
-            ends: dict[TopicPartition, int] | None = None
-            last = time.monotonic()
-            while True:
-                batch = await consumer.getmany(timeout_ms=200)
-                for records in batch.values():
-                    for record in records:
-                        landed.add(record)
-                if batch:
-                    last = time.monotonic()
-                assigned = consumer.assignment()
-                if {tp.topic for tp in assigned} != set(topics):
-                    continue
-                if idle is not None:
-                    if time.monotonic() - last >= idle:
-                        return landed
-                elif ends is None:
-                    ends = await consumer.end_offsets(list(assigned))
-                elif all([await consumer.position(tp) >= end for tp, end in ends.items()]):
-                    return landed
-        finally:
-            await consumer.stop()
 
 
 def lost(sent: list[Sent], landed: Landed) -> list[str]:
@@ -281,6 +247,16 @@ def order_broken(sent: list[Sent], landed: Landed) -> list[str]:
     return problems
 
 
+def assert_kept(sent: list[Sent], landed: Landed) -> None:
+    """Something was acknowledged, nothing acknowledged is missing from Kafka, and each case
+    is in one partition in the order it was answered."""
+    acknowledged = [s for s in sent if s.acknowledged]
+    assert acknowledged, str(Answers.of(sent))
+    missing = lost(sent, landed)
+    assert missing == [], f"{len(missing)} of {len(acknowledged)} acknowledged lost: {missing[:10]}"
+    assert order_broken(sent, landed) == []
+
+
 async def scrape(base_url: str) -> dict[str, float]:
     """The bridge's `/metrics`, one entry per sample: `name{label="value",...}` -> value
     (labels sorted), and the bare name -> the sum of its samples."""
@@ -309,3 +285,115 @@ async def wait_drained(base_url: str, timeout: float) -> float:
                 return time.monotonic() - started
         await asyncio.sleep(0.5)
     raise TimeoutError(f"the spool still holds {depth:g} entries after {timeout:g} s")
+
+
+def listening(port: int) -> int:
+    """Sockets listening on the port (one per worker: SO_REUSEPORT)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            count += fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port
+    if count == 0:  # not Linux's /proc: one connection tells at least one
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return 1
+        except OSError:
+            return 0
+    return count
+
+
+class BridgeProcess:
+    """`bridge serve` as a child process, with the environment `env` (`process_env` gives it;
+    a token in `BRIDGE_AUTH_TOKENS`), its output in `log`."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.port = int(env["BRIDGE_PORT"])
+        self.topic = f"{env['BRIDGE_TOPIC_PREFIX']}call"
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.base_url}/webhooks/airudder/{env['BRIDGE_AUTH_TOKENS']}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def launch(self) -> None:
+        """Start it, not waiting (start several, then `wait_serving` each)."""
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bridge", "serve"], env=self.env, stdout=out, stderr=out
+            )
+
+    def start(self, workers: int = 1, timeout: float = 60.0) -> None:
+        self.launch()
+        self.wait_serving(workers, timeout)
+
+    def wait_serving(self, workers: int = 1, timeout: float = 60.0) -> None:
+        """Until `workers` sockets listen on its port and it answers /healthz; fails at once
+        if it exits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                pytest.fail(f"bridge exited ({self.process.returncode}):\n{self.tail()}")
+            if listening(self.port) >= workers and self._healthy():
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"bridge did not serve within {timeout:g} s:\n{self.tail()}")
+            time.sleep(0.1)
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx2.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
+        except httpx2.TransportError:
+            return False
+
+    def metrics(self) -> str:
+        return httpx2.get(f"{self.base_url}/metrics", timeout=10).text
+
+    async def spool_holds(self, at_least: int, timeout: float = 30.0) -> None:
+        """Until the spool holds `at_least` notifications (the broker is unreachable)."""
+        deadline = time.monotonic() + timeout
+        depth = math.nan
+        while not depth >= at_least:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the spool held {depth:g}, not {at_least}, within {timeout:g} s")
+            with contextlib.suppress(httpx2.TransportError):
+                depth = (await scrape(self.base_url))["bridge_spool_depth"]
+            await asyncio.sleep(0.2)
+
+    async def drained(self, timeout: float = 60.0) -> float:
+        """Until the spool is empty (everything acknowledged is in Kafka); the seconds it took."""
+        try:
+            return await wait_drained(self.base_url, timeout)
+        except TimeoutError as exc:
+            pytest.fail(f"{exc}\n{self.tail()}")
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM, and its exit code."""
+        self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        """SIGTERM, SIGKILL if it does not exit within 20 s."""
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.terminate()
+            self.kill()
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
