@@ -11,9 +11,9 @@ import sys
 
 import uvicorn
 
-from bridge.cli import APP, server_config
 from bridge.logs import configure_logging
 from bridge.settings import load_settings
+from bridge.supervisor import APP, server_config
 
 APPS = {"bridge": APP, "ceiling": "bench.noop:create_app"}
 
