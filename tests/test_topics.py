@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx2
@@ -74,69 +74,67 @@ class RefusingPublisher(MemoryPublisher):
         return await super().publish(record)
 
 
-async def test_a_refused_write_is_a_503_never_spooled_named_in_readiness_and_counted(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+async def refusing(tmp_path: Path) -> AsyncIterator[tuple[Pipeline, RefusingPublisher, Spool]]:
+    """A pipeline with a spool, on a broker that refuses every write to p.chatbot."""
     settings = load_settings(topic_prefix="p.", spool_dir=tmp_path)
     publisher = RefusingPublisher({"p.chatbot"})
     spool = Spool(tmp_path, settings.spool_max_bytes)
     await spool.open()
     await publisher.start()
-    pipeline = Pipeline(settings, publisher, spool=spool)
     try:
-        for _ in range(2):
-            with pytest.raises(PublishRefused) as refused:
-                await pipeline.accept(sample_bytes("chatbot"))
-            assert (refused.value.status, refused.value.retriable) == (503, True)
-        assert spool.depth == 0
-        assert pipeline.kafka_up  # the broker answers: other topics go on
-        assert (await pipeline.accept(sample_bytes("call"))).outcome == "stored"
-        ready, checks = await pipeline.readiness()
-        assert ready
-        assert checks["topics"].startswith("p.chatbot: last write refused (TopicAuthorization")
-        assert pipeline.metrics.kafka_refused.labels("topic_authorization")._value.get() == 2
-        assert pipeline.unavailable_topics == 1
-        # Kafka down: even then the refused topic is not spooled (it would drain into the
-        # refusal), while the others are.
-        pipeline.kafka_up = False
-        with pytest.raises(PublishRefused):
-            await pipeline.accept(sample_bytes("chatbot"))
-        assert (await pipeline.accept(sample_bytes("waba_template"))).outcome == "spooled"
-        pipeline.kafka_up = True
-        assert await pipeline.drain_once() == 1  # the case's spooled entry goes first
-        # Allowed again: stored, and no longer named.
-        publisher.refused.clear()
-        assert (await pipeline.accept(sample_bytes("chatbot"))).outcome == "stored"
-        assert (await pipeline.readiness())[1]["topics"] == "ok"
+        yield Pipeline(settings, publisher, spool=spool), publisher, spool
     finally:
         await spool.close()
+
+
+async def test_a_refused_write_is_a_503_never_spooled_named_in_readiness_and_counted(
+    refusing: tuple[Pipeline, RefusingPublisher, Spool],
+) -> None:
+    pipeline, publisher, spool = refusing
+    for _ in range(2):
+        with pytest.raises(PublishRefused) as refused:
+            await pipeline.accept(sample_bytes("chatbot"))
+        assert (refused.value.status, refused.value.retriable) == (503, True)
+    assert spool.depth == 0
+    assert pipeline.kafka_up  # the broker answers: other topics go on
+    assert (await pipeline.accept(sample_bytes("call"))).outcome == "stored"
+    ready, checks = await pipeline.readiness()
+    assert ready
+    assert checks["topics"].startswith("p.chatbot: last write refused (TopicAuthorization")
+    assert pipeline.metrics.kafka_refused.labels("topic_authorization")._value.get() == 2
+    assert pipeline.unavailable_topics == 1
+    # Kafka down: even then the refused topic is not spooled (it would drain into the
+    # refusal), while the others are.
+    pipeline.kafka_up = False
+    with pytest.raises(PublishRefused):
+        await pipeline.accept(sample_bytes("chatbot"))
+    assert (await pipeline.accept(sample_bytes("waba_template"))).outcome == "spooled"
+    pipeline.kafka_up = True
+    assert await pipeline.drain_once() == 1  # the case's spooled entry goes first
+    # Allowed again: stored, and no longer named.
+    publisher.refused.clear()
+    assert (await pipeline.accept(sample_bytes("chatbot"))).outcome == "stored"
+    assert (await pipeline.readiness())[1]["topics"] == "ok"
 
 
 async def test_spooled_entries_the_broker_refuses_stay_and_do_not_hold_up_the_others(
-    tmp_path: Path,
+    refusing: tuple[Pipeline, RefusingPublisher, Spool],
 ) -> None:
-    settings = load_settings(topic_prefix="p.", spool_dir=tmp_path)
-    publisher = RefusingPublisher({"p.chatbot"})
-    spool = Spool(tmp_path, settings.spool_max_bytes)
-    await spool.open()
-    await publisher.start()
-    pipeline = Pipeline(settings, publisher, spool=spool)
-    try:
-        await spool.append(Record("p.chatbot", b"1", b"refused", []))
-        await spool.append(Record("p.call", b"2", b"taken", []))
-        assert await pipeline.drain_once() == 1
-        assert [r.value for r in publisher.topics["p.call"]] == [b"taken"]
-        with pytest.raises(PublishRefused):  # only refused ones left: the drain backs off
-            await pipeline.drain_once()
-        assert spool.depth == 1
-        assert spool.quarantined == 0  # kept for when the broker takes it
-        assert pipeline.kafka_up
-        publisher.refused.clear()
-        assert await pipeline.drain_once() == 1
-        assert spool.depth == 0
-        assert "p.chatbot" not in pipeline.topics.refused
-    finally:
-        await spool.close()
+    pipeline, publisher, spool = refusing
+    await spool.append(Record("p.chatbot", b"1", b"refused", []))
+    await spool.append(Record("p.call", b"2", b"taken", []))
+    assert await pipeline.drain_once() == 1
+    assert [r.value for r in publisher.topics["p.call"]] == [b"taken"]
+    with pytest.raises(PublishRefused):  # only refused ones left: the drain backs off
+        await pipeline.drain_once()
+    assert spool.depth == 1
+    assert spool.quarantined == 0  # kept for when the broker takes it
+    assert pipeline.kafka_up
+    publisher.refused.clear()
+    assert await pipeline.drain_once() == 1
+    assert spool.depth == 0
+    assert "p.chatbot" not in pipeline.topics.refused
 
 
 # -- Apache Kafka ---------------------------------------------------------------------------------
