@@ -78,21 +78,24 @@ async def ensure_topic(settings: Settings, spec: TopicSpec) -> str | None:
     configuration of the one there; what is wrong, in one line, or None."""
     admin = AIOKafkaAdminClient(**kafka_options(settings))
     try:
-        await admin.start()
-        brokers = len(admin._client.cluster.brokers())  # noqa: SLF001 - no public count
-        response = await admin.create_topics(
-            [NewTopic(spec.name, spec.partitions, max(1, min(3, brokers)), None, spec.config)]
-        )
-        code = {t: c for t, c, *_ in response.topic_errors}.get(spec.name, 0)
-        if code == 0:
-            logger.info("created topic %s %s", spec.name, spec.config)
-            return None
-        if code != TopicAlreadyExistsError.errno:
-            return f"cannot create topic {spec.name}: error {code}"
-        described = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, spec.name, dict.fromkeys(spec.config))]
-        )
-    except (KafkaError, OSError) as exc:
+        # Bounded like every other start-up call: a broker that accepts and never answers
+        # must not hold `bridge serve` before it serves.
+        async with asyncio.timeout(settings.kafka_connect_timeout):
+            await admin.start()
+            brokers = len(admin._client.cluster.brokers())  # noqa: SLF001 - no public count
+            response = await admin.create_topics(
+                [NewTopic(spec.name, spec.partitions, max(1, min(3, brokers)), None, spec.config)]
+            )
+            code = {t: c for t, c, *_ in response.topic_errors}.get(spec.name, 0)
+            if code == 0:
+                logger.info("created topic %s %s", spec.name, spec.config)
+                return None
+            if code != TopicAlreadyExistsError.errno:
+                return f"cannot create topic {spec.name}: error {code}"
+            described = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, spec.name, dict.fromkeys(spec.config))]
+            )
+    except (KafkaError, OSError, TimeoutError) as exc:
         return f"cannot create or check topic {spec.name}: {type(exc).__name__}: {exc}"
     finally:
         await admin.close()
