@@ -263,6 +263,29 @@ def test_a_hung_worker_is_killed_and_replaced(kafka_settings: Settings) -> None:
 
 
 @pytest.mark.one_broker
+def test_workers_whose_supervisor_is_killed_stop_by_themselves(kafka_settings: Settings) -> None:
+    env = process_env(kafka_settings, BRIDGE_AUTH_TOKENS=TOKEN, BRIDGE_WORKERS="2")
+    log = kafka_settings.spool_dir.parent / "workers.log"  # type: ignore[union-attr]
+    with log.open("wb") as out:
+        process = subprocess.Popen([*BRIDGE, "serve"], env=env, stdout=out, stderr=out)
+    try:
+        wait_for_port(kafka_settings.port, process=process)
+        workers = _children(process.pid, count=2)
+    finally:
+        process.kill()  # no SIGTERM to pass on: the workers must notice by themselves
+        process.wait()
+    wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 20, "workers gone")
+    wait_for(lambda: not _listening(kafka_settings.port), 5, "the port free")
+    assert log.read_text().count("the supervisor is gone, stopping") == 2
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
+@pytest.mark.one_broker
 def test_workers_that_cannot_listen_stop_the_service(kafka_settings: Settings) -> None:
     with socket.socket() as taken:  # a plain listener on the port: no sharing it
         taken.bind(("127.0.0.1", kafka_settings.port))
