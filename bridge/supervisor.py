@@ -205,8 +205,16 @@ def supervise(settings: Settings) -> int:
             break
     for slot in slots:
         slot.stop()
+    # A worker finishes its requests within the ack budget, then its own stop within the
+    # shutdown budget; one that is hung (stopped, deadlocked) would hold the supervisor, and
+    # the port, until the orchestrator's SIGKILL: it is killed once both budgets are spent.
+    deadline = time.monotonic() + math.ceil(settings.ack_timeout) + 2 + settings.shutdown_timeout
     for slot in slots:
-        slot.process.join()
+        slot.process.join(max(0.0, deadline - time.monotonic()))
+        if slot.process.exitcode is None and slot.process.pid is not None:
+            lifecycle.error("worker %d did not stop in time: killed", slot.index)
+            os.kill(slot.process.pid, signal.SIGKILL)
+            slot.process.join()
     return 1 if failed else 0
 
 
