@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import ssl
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,47 @@ def fake_tool(folder: Path, name: str, script: str) -> None:
 
 
 # --- without a broker -----------------------------------------------------------------------
+
+
+# A broker as it is started (bridge.broker._spawn), ignoring SIGTERM as a Kafka broker in a
+# controlled shutdown that cannot reach its controller does; then the starter sleeps.
+STARTER = """
+import sys, time
+from pathlib import Path
+from bridge.broker import _spawn
+ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+print(_spawn([sys.executable, "-c", ignoring], Path(sys.argv[1])).pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_broker_dies_with_the_process_that_started_it_even_ignoring_sigterm(
+    tmp_path: Path,
+) -> None:
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER, str(tmp_path / "broker.log")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert starter.stdout is not None
+        broker = int(starter.stdout.readline())
+        # Its handler in place: the interpreter has read its command line and run it.
+        wait_for(lambda: b"sleep" in _syscall_wchan(broker), 10, "the broker asleep")
+    finally:
+        starter.kill()  # no clean stop of its children: the kernel's parent-death signal
+        starter.wait()
+        if starter.stdout is not None:
+            starter.stdout.close()
+    wait_for(lambda: not Path(f"/proc/{broker}").exists(), 10, "the broker gone")
+
+
+def _syscall_wchan(pid: int) -> bytes:
+    """What the process waits in (hrtimer_nanosleep, do_sys_poll...), or b"" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_bytes()
+    except OSError:
+        return b""
 
 
 def test_the_kafka_version_is_written_once_in_the_pom() -> None:

@@ -29,7 +29,8 @@ from bridge.broker import KafkaCluster, KafkaSecurity, create_topics, free_port
 from bridge.routing import all_topics
 from tests.helpers import require_apache_kafka, run_sync, sample, sample_bytes, wait_for_port
 
-pytestmark = pytest.mark.kafka
+# One pytest-xdist worker runs the module: its secured node is started once.
+pytestmark = [pytest.mark.kafka, pytest.mark.xdist_group("kafka-security")]
 
 BRIDGE = [sys.executable, "-m", "bridge"]
 TOKEN = "kafka-security-token-Hw4"

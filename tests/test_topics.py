@@ -35,6 +35,9 @@ from bridge.spool import Spool
 from bridge.topics import create_command, ensure_topics
 from tests.helpers import run_server, run_sync, sample, sample_bytes
 
+# One pytest-xdist worker runs the module: its node with ACLs is started once.
+pytestmark = pytest.mark.xdist_group("kafka-acls")
+
 USER, PASSWORD = "bridge", "bridge-secret"  # SCRAM user of the SASL_SSL listener
 TOPIC, CLUSTER = 2, 4  # Kafka's ACL resource types
 DESCRIBE, WRITE = 8, 4  # ... operations
