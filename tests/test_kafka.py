@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from bridge.app import WEBHOOK_PATH
-from bridge.broker import create_topics, free_port
-from bridge.kafka import consume_until_idle, reading
+from bridge.broker import free_port
+from bridge.kafka import consume_until_idle, create_topics_and_wait, reading
 from bridge.publish import KafkaPublisher
 from bridge.record import Record
 from bridge.routing import all_topics
@@ -88,7 +88,7 @@ def test_a_broker_that_goes_away_gets_503_with_retry_after_within_the_budget(
             ack_timeout=1.0,
             spool_dir="",  # without a spool, 503 is the only honest answer
         )
-        run_sync(create_topics(own_broker.bootstrap_servers, all_topics("gone.")))
+        run_sync(create_topics_and_wait(own_broker.bootstrap_servers, all_topics("gone.")))
         servers = run_server(settings)
         running = next(servers)
         try:
