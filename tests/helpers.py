@@ -235,6 +235,8 @@ class Broker:
     bootstrap_servers: str
     idempotence: bool = True  # Tansu has no InitProducerId
     end_offsets_trusted: bool = True  # Tansu can misreport them
+    topics_validated: bool = True  # Tansu creates any topic asked for, 0 partitions or 7 replicas
+    configs_described: bool = True  # Tansu drops a DescribeConfigs naming keys
     cluster: KafkaCluster | None = None  # Apache Kafka: its nodes, for tests that need them
     # Another broker of this kind, not started (for a test that stops its broker).
     another: Callable[[], EmbeddedBroker | KafkaCluster] = KafkaCluster
