@@ -139,7 +139,7 @@ class TopicSpec:
 
     name: str
     partitions: int
-    replication: int | None = None  # None: one replica a broker, on three at the most
+    replication: int | None = None  # None: as many replicas as brokers, three at the most
     config: dict[str, str] = field(default_factory=dict)
 
 

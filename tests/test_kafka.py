@@ -136,10 +136,15 @@ async def test_reading_until_idle_gets_every_record_from_the_oldest_and_names_mi
 TIMEOUT = 30.0  # for a broker that answers: generous, the machine may be loaded
 
 
+@pytest.fixture
+def source(broker: Broker) -> dict[str, str]:
+    """Client options for `create_topics` on the broker under test."""
+    return {"bootstrap_servers": broker.bootstrap_servers}
+
+
 async def test_creating_topics_tells_those_created_from_those_there(
-    broker: Broker, topic_prefix: str
+    source: dict[str, str], topic_prefix: str
 ) -> None:
-    source = {"bootstrap_servers": broker.bootstrap_servers}
     first, second = (TopicSpec(f"{topic_prefix}{name}", 2, 1) for name in ("first", "second"))
     assert await create_topics(source, [first], timeout=TIMEOUT) == Creation([first.name])
     both = await create_topics(source, [second, first], timeout=TIMEOUT)
@@ -147,11 +152,10 @@ async def test_creating_topics_tells_those_created_from_those_there(
 
 
 async def test_the_configuration_of_a_topic_there_is_described_when_asked(
-    broker: Broker, topic_prefix: str
+    broker: Broker, source: dict[str, str], topic_prefix: str
 ) -> None:
     if not broker.configs_described:
         pytest.skip(f"{broker.name} describes no topic configuration")
-    source = {"bootstrap_servers": broker.bootstrap_servers}
     spec = TopicSpec(f"{topic_prefix}kept", 1, 1, {"retention.ms": "3600000"})
     assert await create_topics(source, [spec], timeout=TIMEOUT, configs=True) == Creation(
         [spec.name]  # nothing to describe: the configuration is the one asked for
@@ -161,11 +165,10 @@ async def test_the_configuration_of_a_topic_there_is_described_when_asked(
 
 
 async def test_a_topic_the_broker_refuses_is_told_with_its_error_and_the_others_created(
-    broker: Broker, topic_prefix: str
+    broker: Broker, source: dict[str, str], topic_prefix: str
 ) -> None:
     if not broker.topics_validated:
         pytest.skip(f"{broker.name} creates any topic asked for")
-    source = {"bootstrap_servers": broker.bootstrap_servers}
     bad = TopicSpec(f"{topic_prefix}bad", 1, 7)  # more replicas than the broker's one
     good = TopicSpec(f"{topic_prefix}good", 1, 1)
     creation = await create_topics(source, [bad, good], timeout=TIMEOUT)
