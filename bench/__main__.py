@@ -28,7 +28,8 @@ import uvloop
 
 from bench import apache, instructions, load, shared_ids, stages
 from bench.bodies import BODIES, stream
-from bridge.broker import EmbeddedBroker, create_topics, free_port
+from bridge.broker import EmbeddedBroker, free_port
+from bridge.kafka import create_topics_and_wait
 from bridge.routing import all_topics
 from bridge.settings import Settings
 from bridge.spool import Spool
@@ -458,7 +459,9 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
     )
     if args.only == "protocol":
         with EmbeddedBroker() as broker:
-            asyncio.run(create_topics(broker.bootstrap_servers, all_topics("bench."), PARTITIONS))
+            asyncio.run(
+                create_topics_and_wait(broker.bootstrap_servers, all_topics("bench."), PARTITIONS)
+            )
             protocol_cost(args, broker, say)
         if args.output:
             args.output.write_text("\n".join(out) + "\n")
@@ -467,7 +470,9 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
     say(stages.report(stages.measure(args.stage_calls)))
     say()
     with EmbeddedBroker() as broker:
-        asyncio.run(create_topics(broker.bootstrap_servers, all_topics("bench."), PARTITIONS))
+        asyncio.run(
+            create_topics_and_wait(broker.bootstrap_servers, all_topics("bench."), PARTITIONS)
+        )
         say("## Ceiling, floor and bridge, one worker\n")
         say(
             "Closed loop, every request counted (slow ones included). Median of the runs, "

@@ -98,12 +98,15 @@ def tansu_broker() -> Iterator[Broker]:
     except Exception as exc:  # noqa: BLE001
         pytest.exit(f"cannot start the embedded broker: {exc}", returncode=3)
     # Tansu's quirks, here alone: no InitProducerId (idempotence off), end offsets it can
-    # misreport (read until idle), topics it creates on first use (nothing to do).
+    # misreport (read until idle), topics it creates on first use (nothing to do), or when
+    # asked whatever their shape, and no topic configuration it describes.
     yield Broker(
         "tansu",
         embedded.bootstrap_servers,
         idempotence=False,
         end_offsets_trusted=False,
+        topics_validated=False,
+        configs_described=False,
         another=EmbeddedBroker,
     )
     embedded.stop()

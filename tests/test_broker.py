@@ -19,14 +19,13 @@ from bridge.broker import (
     EmbeddedBroker,
     KafkaCluster,
     KafkaSecurity,
-    create_topics,
-    describe_partitions,
     kafka_cache,
     kafka_classpath,
     kafka_missing,
     kafka_version,
 )
 from bridge.errors import BrokerUnavailable
+from bridge.kafka import create_topics_and_wait, describe_partitions
 from tests.helpers import Broker, run_sync, wait_for
 
 
@@ -176,7 +175,7 @@ async def test_one_node_takes_idempotent_writes_and_creates_no_topic_on_first_us
     kafka_broker: Broker, topic_prefix: str
 ) -> None:
     topic = f"{topic_prefix}made"
-    await create_topics(kafka_broker.bootstrap_servers, [topic], partitions=2)
+    await create_topics_and_wait(kafka_broker.bootstrap_servers, [topic], partitions=2)
     assert await produce(kafka_broker.bootstrap_servers, topic) == 0
     assert [p.partition for p in describe_partitions(kafka_broker.bootstrap_servers, topic)] == [
         0,
@@ -202,7 +201,9 @@ async def test_the_cluster_replicates_three_times_and_elects_a_new_leader_when_o
     kafka_cluster: KafkaCluster, topic_prefix: str
 ) -> None:
     topic = f"{topic_prefix}replicated"
-    await create_topics(kafka_cluster.bootstrap_servers, [topic], partitions=3, replication=3)
+    await create_topics_and_wait(
+        kafka_cluster.bootstrap_servers, [topic], partitions=3, replication=3
+    )
     states = kafka_cluster.partitions(topic)
     assert all(len(s.replicas) == 3 and len(s.isr) == 3 for s in states)
     assert kafka_cluster.brokers[0].properties["min.insync.replicas"] == "2"
@@ -227,7 +228,7 @@ def test_a_broker_stopped_cleanly_leaves_the_isr_at_once(
     kafka_cluster: KafkaCluster, topic_prefix: str
 ) -> None:
     topic = f"{topic_prefix}graceful"
-    run_sync(create_topics(kafka_cluster.bootstrap_servers, [topic], 3, replication=3))
+    run_sync(create_topics_and_wait(kafka_cluster.bootstrap_servers, [topic], 3, replication=3))
     node = kafka_cluster.brokers[-1]
     node.stop()
     assert not node.running
@@ -256,7 +257,7 @@ async def test_scram_users_tls_and_mutual_tls_listeners(tmp_path: Path, topic_pr
     ca.configure_trust(client)
     ca.issue_cert("bridge-client").configure_cert(client)
     with KafkaCluster(1, security=security, directory=tmp_path / "kafka") as cluster:
-        await create_topics(cluster.bootstrap_servers, [topic], partitions=1)
+        await create_topics_and_wait(cluster.bootstrap_servers, [topic], partitions=1)
         scram = {
             "security_protocol": "SASL_SSL",
             "ssl_context": context,

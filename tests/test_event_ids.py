@@ -23,8 +23,9 @@ import httpx2
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bridge.broker import create_topics, free_port
+from bridge.broker import free_port
 from bridge.event_ids import config_problem, event_ids_topic
+from bridge.kafka import create_topics_and_wait
 from bridge.routing import all_topics
 from bridge.settings import load_settings
 from tests.helpers import Broker, notification, process_env
@@ -39,7 +40,7 @@ RETRY_AFTER = 1.5  # seconds after the previous answer (the vendor waits a minut
 @pytest.fixture
 def prefix(broker: Broker) -> str:
     name = f"t{uuid.uuid4().hex[:10]}."
-    asyncio.run(create_topics(broker.bootstrap_servers, all_topics(name)))
+    asyncio.run(create_topics_and_wait(broker.bootstrap_servers, all_topics(name)))
     return name
 
 
