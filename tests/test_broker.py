@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import stat
 import subprocess
@@ -19,6 +20,7 @@ from bridge.broker import (
     EmbeddedBroker,
     KafkaCluster,
     KafkaSecurity,
+    free_port,
     kafka_cache,
     kafka_classpath,
     kafka_missing,
@@ -77,6 +79,15 @@ def _syscall_wchan(pid: int) -> bytes:
         return Path(f"/proc/{pid}/wchan").read_bytes()
     except OSError:
         return b""
+
+
+def test_a_free_port_is_outside_the_range_outgoing_connections_take_theirs_from() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 <= port < low for port in ports), ports
+    assert len(ports) > 1  # chosen at random: two processes rarely meet
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports.pop()))  # free indeed
 
 
 def test_the_kafka_version_is_written_once_in_the_pom() -> None:
