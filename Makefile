@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Processes the suite runs in (pytest-xdist; 0: one). Most of its time is waiting, not CPU.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install run test kafka lint format docs bench clean
 
@@ -18,7 +20,7 @@ run: install  ## start the embedded broker and the bridge; Ctrl-C stops both
 	$(BIN)/bridge dev
 
 test: install lint kafka  ## the whole suite: unit, integration and fault tests on both brokers
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 kafka: install  ## fetch Apache Kafka's broker with Maven (once per version, into ~/.cache/bridge)
 	$(BIN)/python scripts/fetch_kafka.py

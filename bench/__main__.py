@@ -11,6 +11,7 @@ import contextlib
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -27,7 +28,8 @@ import uvloop
 
 from bench import apache, instructions, load, shared_ids, stages
 from bench.bodies import BODIES, stream
-from bridge.broker import EmbeddedBroker, create_topics, free_port
+from bridge.broker import EmbeddedBroker, free_port
+from bridge.kafka import create_topics_and_wait
 from bridge.routing import all_topics
 from bridge.settings import Settings
 from bridge.spool import Spool
@@ -128,26 +130,30 @@ def remembering(port: int) -> float:
 
 
 @contextlib.contextmanager
-def server(  # noqa: PLR0913 - the knobs of one server, spelled out
+def scratch() -> Iterator[str]:
+    """A folder for one server's spool and log: removed once the server stopped cleanly (a
+    run starts a dozen), kept and named when it did not."""
+    folder = tempfile.mkdtemp(prefix="bench-spool-")
+    try:
+        yield folder
+    except BaseException:
+        print(f"the server's spool and log are kept in {folder}", file=sys.stderr)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def command_and_env(  # noqa: PLR0913 - the knobs of one server, spelled out
     kind: str,
     broker: EmbeddedBroker,
+    port: int,
+    spool: str,
     *,
-    workers: int = 1,
-    prefix: tuple[str, ...] = (),
-    remembered: int = 0,
-    body: str = "example",
-    protocol: str = "",
-    extra: dict[str, str] | None = None,
-) -> Iterator[tuple[int, int]]:
-    """A server process on a free port: `prefix` runs it under a tool (valgrind). `kind` is
-    ceiling (bench/noop.py), floor (bench/floor.py, records as long as the bridge's for
-    `body`) or bridge. With `protocol` (bridge or uvicorn), the ceiling or the bridge is served
-    by bench/serve.py with that HTTP protocol, all else as `bridge serve` does. `extra`:
-    more settings."""
-    port = free_port()
-    spool = tempfile.mkdtemp(prefix="bench-spool-")
-    if remembered:
-        asyncio.run(remembered_ids(spool, remembered, workers))
+    workers: int,
+    body: str,
+    protocol: str,
+    extra: dict[str, str] | None,
+) -> tuple[list[str], dict[str, str]]:
+    """How to start the server `server` describes, on `port` with its spool in `spool`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     if protocol:
         command = [sys.executable, "-m", "bench.serve", kind, protocol]
@@ -177,23 +183,49 @@ def server(  # noqa: PLR0913 - the knobs of one server, spelled out
             BRIDGE_LOG_LEVEL="info",  # the production line per notification, to a file
             **(extra or {}),
         )
-    log = Path(spool) / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([*prefix, *command], env=env, stdout=out, stderr=out)
-    try:
-        wait_for_port(port, process, timeout=300 if prefix else 30)
-        if kind == "bridge" and workers > 1:
-            wait_for_workers(port, workers)
-        if remembered and (held := remembering(port)) < remembered:  # the fullest worker
-            raise RuntimeError(f"the server remembers {held:.0f} event ids")
-        yield port, process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
+    return command, env
+
+
+@contextlib.contextmanager
+def server(  # noqa: PLR0913 - the knobs of one server, spelled out
+    kind: str,
+    broker: EmbeddedBroker,
+    *,
+    workers: int = 1,
+    prefix: tuple[str, ...] = (),
+    remembered: int = 0,
+    body: str = "example",
+    protocol: str = "",
+    extra: dict[str, str] | None = None,
+) -> Iterator[tuple[int, int]]:
+    """A server process on a free port: `prefix` runs it under a tool (valgrind). `kind` is
+    ceiling (bench/noop.py), floor (bench/floor.py, records as long as the bridge's for
+    `body`) or bridge. With `protocol` (bridge or uvicorn), the ceiling or the bridge is served
+    by bench/serve.py with that HTTP protocol, all else as `bridge serve` does. `extra`:
+    more settings."""
+    port = free_port()
+    with scratch() as spool:
+        if remembered:
+            asyncio.run(remembered_ids(spool, remembered, workers))
+        command, env = command_and_env(
+            kind, broker, port, spool, workers=workers, body=body, protocol=protocol, extra=extra
+        )
+        with (Path(spool) / "server.log").open("wb") as out:
+            process = subprocess.Popen([*prefix, *command], env=env, stdout=out, stderr=out)
         try:
-            process.wait(120 if prefix else 20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            wait_for_port(port, process, timeout=300 if prefix else 30)
+            if kind == "bridge" and workers > 1:
+                wait_for_workers(port, workers)
+            if remembered and (held := remembering(port)) < remembered:  # the fullest worker
+                raise RuntimeError(f"the server remembers {held:.0f} event ids")
+            yield port, process.pid
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(120 if prefix else 20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def measure(  # noqa: PLR0913 - the knobs of one run, spelled out
@@ -374,6 +406,12 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured time first")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement")
     parser.add_argument("--concurrency", type=int, default=32, help="connections")
+    parser.add_argument(
+        "--stage-calls",
+        type=int,
+        default=2000,
+        help="calls per timing of each pure stage (best of 5 timings)",
+    )
     parser.add_argument("--bodies", default=",".join(BODIES), help="example,small,mix")
     parser.add_argument(
         "--soak", type=float, default=60.0, help="seconds at half rate, once (0: skip)"
@@ -421,16 +459,20 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
     )
     if args.only == "protocol":
         with EmbeddedBroker() as broker:
-            asyncio.run(create_topics(broker.bootstrap_servers, all_topics("bench."), PARTITIONS))
+            asyncio.run(
+                create_topics_and_wait(broker.bootstrap_servers, all_topics("bench."), PARTITIONS)
+            )
             protocol_cost(args, broker, say)
         if args.output:
             args.output.write_text("\n".join(out) + "\n")
         return
-    say("## Pure stages, per body (µs, best of 5)\n")
-    say(stages.report(stages.measure()))
+    say(f"## Pure stages, per body (µs, best of 5 timings of {args.stage_calls:,} calls)\n")
+    say(stages.report(stages.measure(args.stage_calls)))
     say()
     with EmbeddedBroker() as broker:
-        asyncio.run(create_topics(broker.bootstrap_servers, all_topics("bench."), PARTITIONS))
+        asyncio.run(
+            create_topics_and_wait(broker.bootstrap_servers, all_topics("bench."), PARTITIONS)
+        )
         say("## Ceiling, floor and bridge, one worker\n")
         say(
             "Closed loop, every request counted (slow ones included). Median of the runs, "

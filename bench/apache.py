@@ -9,7 +9,8 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridge.broker import KafkaCluster, create_topics, kafka_missing
+from bridge.broker import KafkaCluster, kafka_missing
+from bridge.kafka import create_topics_and_wait
 from bridge.routing import all_topics
 
 Rows = list[dict[str, float]]
@@ -72,7 +73,9 @@ def section(  # noqa: PLR0913, PLR0917 - the harness's pieces, handed in: __main
             "slowest over fastest run to fastest over slowest). The runs alternate, Tansu then "
             "Apache Kafka, so that what else loads the machine weighs on both alike.\n"
         )
-        asyncio.run(create_topics(cluster.bootstrap_servers, all_topics("bench."), partitions))
+        asyncio.run(
+            create_topics_and_wait(cluster.bootstrap_servers, all_topics("bench."), partitions)
+        )
         broker = ApacheKafka(cluster)
         say("| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB | server CPU µs/req |")
         say("|---|---|---|---|---|---|---|---|")

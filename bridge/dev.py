@@ -15,9 +15,10 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from bridge.app import WEBHOOK_PATH
-from bridge.broker import EmbeddedBroker, KafkaCluster, create_topics, free_port, kafka_missing
+from bridge.broker import EmbeddedBroker, KafkaCluster, free_port, kafka_missing
 from bridge.errors import BrokerUnavailable
 from bridge.event_ids import ensure_topic, event_ids_topic
+from bridge.kafka import create_topics_and_wait
 from bridge.routing import all_topics
 from bridge.settings import Settings
 from bridge.supervisor import run
@@ -74,7 +75,9 @@ def serve(settings: Settings, partitions: int, broker_kind: str = "tansu") -> in
             changes["spool_dir"] = Path(tempfile.mkdtemp(prefix="bridge-dev-spool-"))
         settings = settings.model_copy(update=changes)
         asyncio.run(
-            create_topics(broker.bootstrap_servers, all_topics(settings.topic_prefix), partitions)
+            create_topics_and_wait(
+                broker.bootstrap_servers, all_topics(settings.topic_prefix), partitions
+            )
         )
         asyncio.run(ensure_topic(settings, event_ids_topic(settings)))
         scheme = "https" if settings.tls_certfile else "http"

@@ -21,16 +21,13 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from bridge.kafka import kafka_options
+from bridge.kafka import TopicSpec, create_topics, kafka_options
 from bridge.metrics import Metrics
 from bridge.settings import Settings
 
@@ -48,15 +45,6 @@ _MS = struct.Struct(">q")  # the value: when the id was stored, ms since the epo
 Learn = Callable[[bytes, float], bool]
 
 
-@dataclass(frozen=True)
-class TopicSpec:
-    """A topic bridge needs, as it would create it."""
-
-    name: str
-    partitions: int
-    config: dict[str, str] = field(default_factory=dict)
-
-
 def event_ids_topic(settings: Settings) -> TopicSpec:
     """The event-ids topic and its configuration, from the settings."""
     window_ms = str(max(1, round(settings.dedup_window * 1000)))
@@ -65,7 +53,7 @@ def event_ids_topic(settings: Settings) -> TopicSpec:
         # One partition: a few tens of bytes an id is little for one, and a follower reads
         # one log, in the order the ids were stored.
         1,
-        {
+        config={
             "cleanup.policy": "compact,delete",
             "retention.ms": window_ms,
             # Retention and compaction act on closed segments: one closed per window keeps
@@ -78,36 +66,18 @@ def event_ids_topic(settings: Settings) -> TopicSpec:
 async def ensure_topic(settings: Settings, spec: TopicSpec) -> str | None:
     """Create the topic if it is missing (replicated on up to three brokers), or check the
     configuration of the one there; what is wrong, in one line, or None."""
-    admin = AIOKafkaAdminClient(**kafka_options(settings))
     try:
-        # Bounded like every other start-up call: a broker that accepts and never answers
-        # must not hold `bridge serve` before it serves.
-        async with asyncio.timeout(settings.kafka_connect_timeout):
-            await admin.start()
-            brokers = len(admin._client.cluster.brokers())  # noqa: SLF001 - no public count
-            response = await admin.create_topics(
-                [NewTopic(spec.name, spec.partitions, max(1, min(3, brokers)), None, spec.config)]
-            )
-            code = {t: c for t, c, *_ in response.topic_errors}.get(spec.name, 0)
-            if code == 0:
-                logger.info("created topic %s %s", spec.name, spec.config)
-                return None
-            if code != TopicAlreadyExistsError.errno:
-                return f"cannot create topic {spec.name}: error {code}"
-            described = await admin.describe_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, spec.name, dict.fromkeys(spec.config))]
-            )
+        creation = await create_topics(
+            settings, [spec], timeout=settings.kafka_connect_timeout, configs=True
+        )
     except (KafkaError, OSError, TimeoutError) as exc:
         return f"cannot create or check topic {spec.name}: {type(exc).__name__}: {exc}"
-    finally:
-        await admin.close()
-    actual = {
-        entry[0]: entry[1]
-        for response in described
-        for resource in response.resources
-        for entry in resource[4]
-    }
-    return config_problem(spec, actual)
+    if spec.name in creation.failed:
+        return f"cannot create topic {spec.name}: error {creation.failed[spec.name].code}"
+    if spec.name in creation.created:
+        logger.info("created topic %s %s", spec.name, spec.config)
+        return None
+    return config_problem(spec, creation.configs.get(spec.name, {}))
 
 
 def config_problem(spec: TopicSpec, actual: dict[str, str]) -> str | None:

@@ -40,15 +40,26 @@ STABLE_AFTER = 60.0  # a worker that ran this long before it died is replaced at
 
 
 class Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, heartbeat: ctypes.c_double | None = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        heartbeat: ctypes.c_double | None = None,
+        supervisor: int | None = None,
+    ) -> None:
         super().__init__(config)
-        self.heartbeat = heartbeat
+        self.heartbeat, self.supervisor = heartbeat, supervisor
 
     async def on_tick(self, counter: int) -> bool:
         # Ten times a second, on the event loop: a supervisor that sees no beat knows the loop
         # is stuck, not just busy.
         if self.heartbeat is not None:
             self.heartbeat.value = time.monotonic()
+        if self.supervisor is not None and os.getppid() != self.supervisor and not self.should_exit:
+            # The supervisor is gone (SIGKILL, the OOM killer): nobody would stop or replace
+            # this worker, which would hold the port beside the next supervisor's. Stop as on
+            # SIGTERM: what is in flight finishes, what Kafka has not taken stays in the spool.
+            lifecycle.error("worker %d: the supervisor is gone, stopping", os.getpid())
+            self.should_exit = True
         return await super().on_tick(counter)
 
     @contextlib.contextmanager
@@ -126,7 +137,9 @@ class Worker:
         context = multiprocessing.get_context("spawn")
         self.heartbeat = context.Value("d", 0.0, lock=False)
         self.process = context.Process(
-            target=work, args=(self.settings, self.heartbeat), name=f"bridge-worker-{self.index}"
+            target=work,
+            args=(self.settings, self.heartbeat, os.getpid()),
+            name=f"bridge-worker-{self.index}",
         )
         self.process.start()
         self.started, self.due = time.monotonic(), None
@@ -192,13 +205,24 @@ def supervise(settings: Settings) -> int:
             break
     for slot in slots:
         slot.stop()
+    # A worker finishes its requests within the ack budget, then its own stop within the
+    # shutdown budget; one that is hung (stopped, deadlocked) would hold the supervisor, and
+    # the port, until the orchestrator's SIGKILL: it is killed once both budgets are spent.
+    deadline = time.monotonic() + math.ceil(settings.ack_timeout) + 2 + settings.shutdown_timeout
     for slot in slots:
-        slot.process.join()
+        slot.process.join(max(0.0, deadline - time.monotonic()))
+        if slot.process.exitcode is None and slot.process.pid is not None:
+            lifecycle.error("worker %d did not stop in time: killed", slot.index)
+            os.kill(slot.process.pid, signal.SIGKILL)
+            slot.process.join()
     return 1 if failed else 0
 
 
-def work(settings: Settings, heartbeat: ctypes.c_double | None = None) -> None:
-    """One worker process: its own socket on the shared port, its own app."""
+def work(
+    settings: Settings, heartbeat: ctypes.c_double | None = None, supervisor: int | None = None
+) -> None:
+    """One worker process: its own socket on the shared port, its own app; it stops by itself
+    when `supervisor` (the pid of its parent) is gone."""
     config = server_config(settings, _app(settings))  # logging configured here too
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
@@ -209,7 +233,7 @@ def work(settings: Settings, heartbeat: ctypes.c_double | None = None) -> None:
     except OSError as exc:
         lifecycle.error("cannot listen on port %d: %s", config.port, exc)
         sys.exit(STARTUP_FAILURE)
-    server = Server(config, heartbeat)
+    server = Server(config, heartbeat, supervisor)
     server.run(sockets=[listener])
     if not server.started:  # the app did not start (its lifespan failed)
         sys.exit(STARTUP_FAILURE)

@@ -15,19 +15,16 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import (
     KafkaError,
-    TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
-    for_code,
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
 from bridge.errors import BrokerUnavailable, PublishRefused, TopicUnavailable
-from bridge.kafka import kafka_options
+from bridge.kafka import TopicSpec, create_topics, kafka_options
 from bridge.routing import all_topics
 from bridge.settings import Settings
 
@@ -126,24 +123,18 @@ async def _create(settings: Settings, topics: list[str]) -> None:
     configs = topic_configs(settings)
     partitions = settings.kafka_topic_partitions
     replication = settings.kafka_topic_replication_factor
-    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    specs = [TopicSpec(t, partitions, replication, configs) for t in topics]
     try:
-        async with asyncio.timeout(settings.kafka_connect_timeout):
-            await admin.start()
-            response = await admin.create_topics(
-                [NewTopic(t, partitions, replication, topic_configs=configs) for t in topics]
-            )
+        creation = await create_topics(settings, specs, timeout=settings.kafka_connect_timeout)
     except (KafkaError, OSError, TimeoutError) as exc:
         raise BrokerUnavailable(f"cannot create the topics: {type(exc).__name__}: {exc}") from exc
-    finally:
-        await admin.close()
-    for topic, code, message in response.topic_errors:
-        if code not in {0, TopicAlreadyExistsError.errno}:
-            raise TopicUnavailable(
-                f"cannot create topic {topic} with BRIDGE_KAFKA_TOPIC_PARTITIONS={partitions}, "
-                f"BRIDGE_KAFKA_TOPIC_REPLICATION_FACTOR={replication}: "
-                f"{for_code(code).__name__}" + (f": {message}" if message else "")
-            )
+    for topic, error in creation.failed.items():
+        raise TopicUnavailable(
+            f"cannot create topic {topic} with BRIDGE_KAFKA_TOPIC_PARTITIONS={partitions}, "
+            f"BRIDGE_KAFKA_TOPIC_REPLICATION_FACTOR={replication}: "
+            f"{error.name}" + (f": {error.message}" if error.message else "")
+        )
+    for topic in topics:  # also one a concurrent start created a moment before
         logger.info(
             "created topic %s: %d partitions, replication factor %d", topic, partitions, replication
         )

@@ -55,6 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A test marked `one_broker` uses a broker without being about it: Tansu alone, which
     # every machine has. `--broker` narrows the matrix.
@@ -65,11 +66,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
     # `-m "not kafka"` runs what needs no broker; `-m apache` what needs Apache Kafka itself.
     for item in items:
+        if not item.nodeid.endswith(item.name):
+            # schemathesis gives each API operation's test the function's id: pytest-xdist,
+            # which tells tests apart by id, would run one operation of six. Its name has it.
+            item._nodeid = f"{item.nodeid.rpartition('::')[0]}::{item.name}"
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & (BROKER_FIXTURES | APACHE_FIXTURES):
             item.add_marker(pytest.mark.kafka)
         if fixtures & APACHE_FIXTURES:
             item.add_marker(pytest.mark.apache)
+        if "kafka_cluster" in fixtures:  # one pytest-xdist worker starts the cluster, once
+            item.add_marker(pytest.mark.xdist_group("kafka-cluster"))
 
 
 def _on_another_broker(item: pytest.Item, chosen: set[str]) -> bool:
@@ -91,12 +98,15 @@ def tansu_broker() -> Iterator[Broker]:
     except Exception as exc:  # noqa: BLE001
         pytest.exit(f"cannot start the embedded broker: {exc}", returncode=3)
     # Tansu's quirks, here alone: no InitProducerId (idempotence off), end offsets it can
-    # misreport (read until idle), topics it creates on first use (nothing to do).
+    # misreport (read until idle), topics it creates on first use (nothing to do), or when
+    # asked whatever their shape, and no topic configuration it describes.
     yield Broker(
         "tansu",
         embedded.bootstrap_servers,
         idempotence=False,
         end_offsets_trusted=False,
+        topics_validated=False,
+        configs_described=False,
         another=EmbeddedBroker,
     )
     embedded.stop()

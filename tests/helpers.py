@@ -22,16 +22,9 @@ import uvicorn
 from aiokafka import ConsumerRecord
 
 from bridge.app import create_app
-from bridge.broker import (
-    BrokerUnavailable,
-    EmbeddedBroker,
-    KafkaCluster,
-    create_topics,
-    free_port,
-    kafka_missing,
-)
+from bridge.broker import BrokerUnavailable, EmbeddedBroker, KafkaCluster, free_port, kafka_missing
 from bridge.errors import PublishError
-from bridge.kafka import reading
+from bridge.kafka import create_topics_and_wait, reading
 from bridge.publish import Delivery, MemoryPublisher, Publisher
 from bridge.record import Record
 from bridge.routing import all_topics
@@ -242,6 +235,8 @@ class Broker:
     bootstrap_servers: str
     idempotence: bool = True  # Tansu has no InitProducerId
     end_offsets_trusted: bool = True  # Tansu can misreport them
+    topics_validated: bool = True  # Tansu creates any topic asked for, 0 partitions or 7 replicas
+    configs_described: bool = True  # Tansu drops a DescribeConfigs naming keys
     cluster: KafkaCluster | None = None  # Apache Kafka: its nodes, for tests that need them
     # Another broker of this kind, not started (for a test that stops its broker).
     another: Callable[[], EmbeddedBroker | KafkaCluster] = KafkaCluster
@@ -266,7 +261,7 @@ def broker_settings(broker: Broker, topic_prefix: str, tmp_path: Path) -> Settin
         topic_prefix=topic_prefix,
         port=free_port(),
     )
-    run_sync(create_topics(broker.bootstrap_servers, all_topics(topic_prefix)))
+    run_sync(create_topics_and_wait(broker.bootstrap_servers, all_topics(topic_prefix)))
     return settings
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,14 +20,14 @@ from bridge.broker import (
     EmbeddedBroker,
     KafkaCluster,
     KafkaSecurity,
-    create_topics,
-    describe_partitions,
+    free_port,
     kafka_cache,
     kafka_classpath,
     kafka_missing,
     kafka_version,
 )
 from bridge.errors import BrokerUnavailable
+from bridge.kafka import create_topics_and_wait, describe_partitions
 from tests.helpers import Broker, run_sync, wait_for
 
 
@@ -35,6 +38,56 @@ def fake_tool(folder: Path, name: str, script: str) -> None:
 
 
 # --- without a broker -----------------------------------------------------------------------
+
+
+# A broker as it is started (bridge.broker._spawn), ignoring SIGTERM as a Kafka broker in a
+# controlled shutdown that cannot reach its controller does; then the starter sleeps.
+STARTER = """
+import sys, time
+from pathlib import Path
+from bridge.broker import _spawn
+ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+print(_spawn([sys.executable, "-c", ignoring], Path(sys.argv[1])).pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_broker_dies_with_the_process_that_started_it_even_ignoring_sigterm(
+    tmp_path: Path,
+) -> None:
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER, str(tmp_path / "broker.log")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert starter.stdout is not None
+        broker = int(starter.stdout.readline())
+        # Its handler in place: the interpreter has read its command line and run it.
+        wait_for(lambda: b"sleep" in _syscall_wchan(broker), 10, "the broker asleep")
+    finally:
+        starter.kill()  # no clean stop of its children: the kernel's parent-death signal
+        starter.wait()
+        if starter.stdout is not None:
+            starter.stdout.close()
+    wait_for(lambda: not Path(f"/proc/{broker}").exists(), 10, "the broker gone")
+
+
+def _syscall_wchan(pid: int) -> bytes:
+    """What the process waits in (hrtimer_nanosleep, do_sys_poll...), or b"" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_a_free_port_is_outside_the_range_outgoing_connections_take_theirs_from() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 <= port < low for port in ports), ports
+    assert len(ports) > 1  # chosen at random: two processes rarely meet
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports.pop()))  # free indeed
 
 
 def test_the_kafka_version_is_written_once_in_the_pom() -> None:
@@ -133,7 +186,7 @@ async def test_one_node_takes_idempotent_writes_and_creates_no_topic_on_first_us
     kafka_broker: Broker, topic_prefix: str
 ) -> None:
     topic = f"{topic_prefix}made"
-    await create_topics(kafka_broker.bootstrap_servers, [topic], partitions=2)
+    await create_topics_and_wait(kafka_broker.bootstrap_servers, [topic], partitions=2)
     assert await produce(kafka_broker.bootstrap_servers, topic) == 0
     assert [p.partition for p in describe_partitions(kafka_broker.bootstrap_servers, topic)] == [
         0,
@@ -159,7 +212,9 @@ async def test_the_cluster_replicates_three_times_and_elects_a_new_leader_when_o
     kafka_cluster: KafkaCluster, topic_prefix: str
 ) -> None:
     topic = f"{topic_prefix}replicated"
-    await create_topics(kafka_cluster.bootstrap_servers, [topic], partitions=3, replication=3)
+    await create_topics_and_wait(
+        kafka_cluster.bootstrap_servers, [topic], partitions=3, replication=3
+    )
     states = kafka_cluster.partitions(topic)
     assert all(len(s.replicas) == 3 and len(s.isr) == 3 for s in states)
     assert kafka_cluster.brokers[0].properties["min.insync.replicas"] == "2"
@@ -184,7 +239,7 @@ def test_a_broker_stopped_cleanly_leaves_the_isr_at_once(
     kafka_cluster: KafkaCluster, topic_prefix: str
 ) -> None:
     topic = f"{topic_prefix}graceful"
-    run_sync(create_topics(kafka_cluster.bootstrap_servers, [topic], 3, replication=3))
+    run_sync(create_topics_and_wait(kafka_cluster.bootstrap_servers, [topic], 3, replication=3))
     node = kafka_cluster.brokers[-1]
     node.stop()
     assert not node.running
@@ -213,7 +268,7 @@ async def test_scram_users_tls_and_mutual_tls_listeners(tmp_path: Path, topic_pr
     ca.configure_trust(client)
     ca.issue_cert("bridge-client").configure_cert(client)
     with KafkaCluster(1, security=security, directory=tmp_path / "kafka") as cluster:
-        await create_topics(cluster.bootstrap_servers, [topic], partitions=1)
+        await create_topics_and_wait(cluster.bootstrap_servers, [topic], partitions=1)
         scram = {
             "security_protocol": "SASL_SSL",
             "ssl_context": context,

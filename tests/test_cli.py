@@ -231,7 +231,11 @@ def _two_workers(
         yield process, _children(process.pid, count=2), log
     finally:
         process.send_signal(signal.SIGTERM)
-        assert process.wait(20) == 0
+        try:
+            assert process.wait(40) == 0
+        finally:
+            process.kill()  # no-op once it exited; else the next test would inherit it
+            process.wait()
 
 
 def _replaced(process: subprocess.Popen[bytes], workers: list[int], gone: int, port: int) -> None:
@@ -256,10 +260,52 @@ def test_a_worker_that_dies_is_replaced(kafka_settings: Settings) -> None:
 @pytest.mark.one_broker
 def test_a_hung_worker_is_killed_and_replaced(kafka_settings: Settings) -> None:
     with _two_workers(kafka_settings, BRIDGE_WORKER_TIMEOUT="2") as (process, workers, log):
-        time.sleep(1.0)  # both serving: the supervisor watches a worker from then on
+        # Both serving: the supervisor watches a worker's heartbeat from then on.
+        wait_for(
+            lambda: len(_workers_answering(kafka_settings.port, connections=16)) == 2,
+            30,
+            "both serving",
+            0.2,
+        )
         os.kill(workers[1], signal.SIGSTOP)  # alive, but its event loop runs no more
         _replaced(process, workers, 1, kafka_settings.port)
     assert re.search(r"worker 1 hung \(\d+ s\): killed", log.read_text())
+
+
+@pytest.mark.one_broker
+def test_a_worker_that_does_not_stop_is_killed_when_the_service_stops(
+    kafka_settings: Settings,
+) -> None:
+    values = {"BRIDGE_WORKER_TIMEOUT": "600", "BRIDGE_ACK_TIMEOUT": "1"}  # not seen as hung
+    values["BRIDGE_SHUTDOWN_TIMEOUT"] = "1"
+    with _two_workers(kafka_settings, **values) as (_, workers, log):
+        os.kill(workers[0], signal.SIGSTOP)  # it cannot act on SIGTERM
+        began = time.monotonic()
+    assert time.monotonic() - began < 15  # 1 + 2 + 1 s of budgets, then SIGKILL
+    assert "worker 0 did not stop in time: killed" in log.read_text()
+
+
+@pytest.mark.one_broker
+def test_workers_whose_supervisor_is_killed_stop_by_themselves(kafka_settings: Settings) -> None:
+    env = process_env(kafka_settings, BRIDGE_AUTH_TOKENS=TOKEN, BRIDGE_WORKERS="2")
+    log = kafka_settings.spool_dir.parent / "workers.log"  # type: ignore[union-attr]
+    with log.open("wb") as out:
+        process = subprocess.Popen([*BRIDGE, "serve"], env=env, stdout=out, stderr=out)
+    try:
+        wait_for_port(kafka_settings.port, process=process)
+        workers = _children(process.pid, count=2)
+    finally:
+        process.kill()  # no SIGTERM to pass on: the workers must notice by themselves
+        process.wait()
+    wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 20, "workers gone")
+    wait_for(lambda: not _listening(kafka_settings.port), 5, "the port free")
+    assert log.read_text().count("the supervisor is gone, stopping") == 2
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
 
 
 @pytest.mark.one_broker

@@ -24,9 +24,10 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
-from bridge.broker import create_topics, free_port
+from bridge.broker import free_port
 from bridge.dedup import digest
 from bridge.event_ids import config_problem, decode_ids, event_ids_topic, id_producer, send_ids
+from bridge.kafka import create_topics_and_wait
 from bridge.routing import all_topics
 from bridge.settings import load_settings
 from tests.helpers import Broker, notification, process_env
@@ -41,7 +42,7 @@ RETRY_AFTER = 1.5  # seconds after the previous answer (the vendor waits a minut
 @pytest.fixture
 def prefix(broker: Broker) -> str:
     name = f"t{uuid.uuid4().hex[:10]}."
-    asyncio.run(create_topics(broker.bootstrap_servers, all_topics(name)))
+    asyncio.run(create_topics_and_wait(broker.bootstrap_servers, all_topics(name)))
     return name
 
 
@@ -247,7 +248,7 @@ async def test_ids_are_sent_as_send_would_send_them(broker: Broker, partitions: 
     partition aiokafka's partitioner picks for its key, with its time as value and timestamp;
     1,500 ids fill more than one batch per partition."""
     topic = f"t{uuid.uuid4().hex[:10]}.event-ids"
-    await create_topics(broker.bootstrap_servers, [topic], partitions)
+    await create_topics_and_wait(broker.bootstrap_servers, [topic], partitions)
     settings = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers)
     stored = 1_700_000_000.123
     events = [(digest(f"call:{n}"), stored + n / 1000) for n in range(1500)]

@@ -37,8 +37,9 @@ JAR = PROJECT / "target" / "airudder-case-history.jar"
 KINDS = ("call", "waba_template", "chatbot")
 CASE = "12345.0"
 
-# Maven fetches the dependencies once into its own cache (~/.m2), slow on a first run.
-pytestmark = pytest.mark.timeout(600)
+# Maven fetches the dependencies once into its own cache (~/.m2), slow on a first run. One
+# pytest-xdist worker runs the module: one `mvn package` into examples/java/target at a time.
+pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("java-example")]
 
 
 @pytest.fixture(scope="session")

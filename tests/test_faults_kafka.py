@@ -21,14 +21,8 @@ from pathlib import Path
 import pytest
 from aiokafka.partitioner import murmur2
 
-from bridge.broker import (
-    BrokerUnavailable,
-    KafkaCluster,
-    KafkaNode,
-    create_topics,
-    free_port,
-    kafka_classpath,
-)
+from bridge.broker import BrokerUnavailable, KafkaCluster, KafkaNode, free_port, kafka_classpath
+from bridge.kafka import create_topics_and_wait
 from bridge.routing import all_topics
 from bridge.settings import load_settings
 from tests.helpers import consume, process_env, require_apache_kafka, run_sync, started, wait_for
@@ -151,7 +145,7 @@ def leaderless(cluster: KafkaCluster, topic: str, node_id: int) -> Callable[[], 
 
 def bridge_for(kafka: KafkaCluster, tmp_path: Path, replication: int) -> Iterator[BridgeProcess]:
     prefix = f"f{os.urandom(5).hex()}."
-    run_sync(create_topics(kafka.bootstrap_servers, all_topics(prefix), 3, replication))
+    run_sync(create_topics_and_wait(kafka.bootstrap_servers, all_topics(prefix), 3, replication))
     settings = load_settings(
         spool_dir=tmp_path / "spool",
         kafka_bootstrap_servers=kafka.bootstrap_servers,

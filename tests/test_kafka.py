@@ -11,8 +11,15 @@ import orjson
 import pytest
 
 from bridge.app import WEBHOOK_PATH
-from bridge.broker import create_topics, free_port
-from bridge.kafka import consume_until_idle, reading
+from bridge.broker import free_port
+from bridge.kafka import (
+    Creation,
+    TopicSpec,
+    consume_until_idle,
+    create_topics,
+    create_topics_and_wait,
+    reading,
+)
 from bridge.publish import KafkaPublisher
 from bridge.record import Record
 from bridge.routing import all_topics
@@ -88,7 +95,7 @@ def test_a_broker_that_goes_away_gets_503_with_retry_after_within_the_budget(
             ack_timeout=1.0,
             spool_dir="",  # without a spool, 503 is the only honest answer
         )
-        run_sync(create_topics(own_broker.bootstrap_servers, all_topics("gone.")))
+        run_sync(create_topics_and_wait(own_broker.bootstrap_servers, all_topics("gone.")))
         servers = run_server(settings)
         running = next(servers)
         try:
@@ -124,3 +131,73 @@ async def test_reading_until_idle_gets_every_record_from_the_oldest_and_names_mi
     async with reading(kafka_settings, [absent, topic], from_beginning=False) as read:
         assert read.missing == [absent]
         assert [r async for r in read.records(idle=0.5)] == []  # from the end: nothing new
+
+
+TIMEOUT = 30.0  # for a broker that answers: generous, the machine may be loaded
+
+
+@pytest.fixture
+def source(broker: Broker) -> dict[str, str]:
+    """Client options for `create_topics` on the broker under test."""
+    return {"bootstrap_servers": broker.bootstrap_servers}
+
+
+async def test_creating_topics_tells_those_created_from_those_there(
+    source: dict[str, str], topic_prefix: str
+) -> None:
+    first, second = (TopicSpec(f"{topic_prefix}{name}", 2, 1) for name in ("first", "second"))
+    assert await create_topics(source, [first], timeout=TIMEOUT) == Creation([first.name])
+    both = await create_topics(source, [second, first], timeout=TIMEOUT)
+    assert both == Creation(created=[second.name], existed=[first.name])
+
+
+async def test_the_configuration_of_a_topic_there_is_described_when_asked(
+    broker: Broker, source: dict[str, str], topic_prefix: str
+) -> None:
+    if not broker.configs_described:
+        pytest.skip(f"{broker.name} describes no topic configuration")
+    spec = TopicSpec(f"{topic_prefix}kept", 1, 1, {"retention.ms": "3600000"})
+    assert await create_topics(source, [spec], timeout=TIMEOUT, configs=True) == Creation(
+        [spec.name]  # nothing to describe: the configuration is the one asked for
+    )
+    again = await create_topics(source, [spec], timeout=TIMEOUT, configs=True)
+    assert again == Creation(existed=[spec.name], configs={spec.name: spec.config})
+
+
+async def test_a_topic_the_broker_refuses_is_told_with_its_error_and_the_others_created(
+    broker: Broker, source: dict[str, str], topic_prefix: str
+) -> None:
+    if not broker.topics_validated:
+        pytest.skip(f"{broker.name} creates any topic asked for")
+    bad = TopicSpec(f"{topic_prefix}bad", 1, 7)  # more replicas than the broker's one
+    good = TopicSpec(f"{topic_prefix}good", 1, 1)
+    creation = await create_topics(source, [bad, good], timeout=TIMEOUT)
+    assert (creation.created, creation.existed, list(creation.failed)) == (
+        [good.name],
+        [],
+        [bad.name],
+    )
+    error = creation.failed[bad.name]
+    assert (error.code, error.name) == (38, "InvalidReplicationFactorError")
+    assert "7" in (error.message or "")
+
+
+async def test_creating_topics_on_a_broker_that_never_answers_ends_at_the_timeout() -> None:
+    held: list[asyncio.StreamWriter] = []  # accepted, kept open, never answered
+
+    def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(TimeoutError):
+            await create_topics(
+                {"bootstrap_servers": f"127.0.0.1:{port}"}, [TopicSpec("t", 1, 1)], timeout=0.5
+            )
+        assert held  # it did connect: the time went waiting for an answer
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -25,11 +25,13 @@ import pytest
 import trustme
 
 from bridge.app import WEBHOOK_PATH
-from bridge.broker import KafkaCluster, KafkaSecurity, create_topics, free_port
+from bridge.broker import KafkaCluster, KafkaSecurity, free_port
+from bridge.kafka import create_topics_and_wait
 from bridge.routing import all_topics
 from tests.helpers import require_apache_kafka, run_sync, sample, sample_bytes, wait_for_port
 
-pytestmark = pytest.mark.kafka
+# One pytest-xdist worker runs the module: its secured node is started once.
+pytestmark = [pytest.mark.kafka, pytest.mark.xdist_group("kafka-security")]
 
 BRIDGE = [sys.executable, "-m", "bridge"]
 TOKEN = "kafka-security-token-Hw4"
@@ -162,7 +164,7 @@ class Secured:
 def secured(cluster: KafkaCluster, certificates: Certificates, tmp_path: Path) -> Secured:
     """A fresh topic prefix per test, its topics created (the broker creates none on use)."""
     prefix = f"s{uuid.uuid4().hex[:10]}."
-    run_sync(create_topics(cluster.bootstrap(), all_topics(prefix), partitions=1))
+    run_sync(create_topics_and_wait(cluster.bootstrap(), all_topics(prefix), partitions=1))
     return Secured(cluster, certificates, prefix, tmp_path)
 
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from bridge.broker import create_topics, free_port
+from bridge.broker import free_port
 from bridge.errors import BrokerUnavailable, PublishError
+from bridge.kafka import create_topics_and_wait
 from bridge.publish import KafkaPublisher, MemoryPublisher, Publisher
 from bridge.record import Record
 from bridge.settings import Settings, load_settings
@@ -104,7 +105,7 @@ async def test_keys_land_where_kafkas_default_partitioner_puts_them(
     kafka_settings: Settings,
 ) -> None:
     topic = f"{kafka_settings.topic_prefix}partitioned"
-    await create_topics(kafka_settings.kafka_bootstrap_servers, [topic], 6)
+    await create_topics_and_wait(kafka_settings.kafka_bootstrap_servers, [topic], 6)
     kafka = KafkaPublisher(kafka_settings)
     await kafka.start()
     try:

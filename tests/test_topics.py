@@ -23,9 +23,9 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.protocol.admin import CreateAclsRequest
 
-from bridge.broker import KafkaCluster, KafkaSecurity, create_topics, free_port, kafka_missing
+from bridge.broker import KafkaCluster, KafkaSecurity, free_port, kafka_missing
 from bridge.errors import PublishRefused, TopicUnavailable
-from bridge.kafka import consume_until_idle
+from bridge.kafka import consume_until_idle, create_topics_and_wait
 from bridge.pipeline import Pipeline
 from bridge.publish import Delivery, MemoryPublisher
 from bridge.record import Record
@@ -34,6 +34,9 @@ from bridge.settings import Settings, load_settings
 from bridge.spool import Spool
 from bridge.topics import create_command, ensure_topics
 from tests.helpers import run_server, run_sync, sample, sample_bytes
+
+# One pytest-xdist worker runs the module: its node with ACLs is started once.
+pytestmark = pytest.mark.xdist_group("kafka-acls")
 
 USER, PASSWORD = "bridge", "bridge-secret"  # SCRAM user of the SASL_SSL listener
 TOPIC, CLUSTER = 2, 4  # Kafka's ACL resource types
@@ -225,7 +228,7 @@ def test_serve_refuses_to_start_in_one_line_naming_the_missing_topic_and_the_com
     kafka: KafkaCluster, tmp_path: Path
 ) -> None:
     prefix = _prefix()
-    run_sync(create_topics(kafka.bootstrap_servers, [f"{prefix}call", f"{prefix}chatbot"]))
+    run_sync(create_topics_and_wait(kafka.bootstrap_servers, [f"{prefix}call", f"{prefix}chatbot"]))
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update(
         BRIDGE_KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
@@ -258,7 +261,7 @@ async def test_the_create_setting_creates_what_is_missing_with_the_given_shape(
     kafka: KafkaCluster,
 ) -> None:
     prefix = _prefix()
-    await create_topics(kafka.bootstrap_servers, [f"{prefix}call"], partitions=2)
+    await create_topics_and_wait(kafka.bootstrap_servers, [f"{prefix}call"], partitions=2)
     settings = load_settings(
         kafka_bootstrap_servers=kafka.bootstrap_servers,
         topic_prefix=prefix,
@@ -298,7 +301,7 @@ async def test_a_write_the_acls_refuse_is_answered_503_never_200_shown_and_count
 ) -> None:
     prefix = _prefix()
     topics = all_topics(prefix)
-    await create_topics(kafka.bootstrap_servers, topics)
+    await create_topics_and_wait(kafka.bootstrap_servers, topics)
     for topic in topics:  # DESCRIBE on all four, WRITE on all but the chatbot topic
         _grant(kafka, DESCRIBE, topic)
         if not topic.endswith("chatbot"):
@@ -355,7 +358,7 @@ async def test_a_topic_deleted_while_running_is_named_in_readiness_and_never_ans
     kafka: KafkaCluster, tmp_path: Path
 ) -> None:
     prefix = _prefix()
-    await create_topics(kafka.bootstrap_servers, all_topics(prefix))
+    await create_topics_and_wait(kafka.bootstrap_servers, all_topics(prefix))
     settings = load_settings(
         kafka_bootstrap_servers=kafka.bootstrap_servers,
         topic_prefix=prefix,
