@@ -6,6 +6,7 @@ costs (start-up, schema compilation and the idle loop cancel out)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import re
@@ -17,21 +18,33 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench import load
-from bench.bodies import stream
-from bridge.broker import EmbeddedBroker
+from bench.bodies import BODIES, stream
+from bridge.broker import EmbeddedBroker, create_topics
+from bridge.routing import all_topics
 
 
 def available() -> bool:
     return shutil.which("valgrind") is not None
 
 
-def total(kind: str, body: str, broker: EmbeddedBroker, count: int, protocol: str = "") -> int:
+def total(  # noqa: PLR0913 - the knobs of one count, spelled out
+    kind: str,
+    body: str,
+    broker: EmbeddedBroker,
+    count: int,
+    protocol: str = "",
+    *,
+    remembered: int = 0,
+) -> int:
     """Instructions the server process executed from start to exit, answering `count`
-    (`protocol`: served by bench/serve.py with that HTTP protocol)."""
+    (`protocol`: served by bench/serve.py with that HTTP protocol; `remembered`: event ids the
+    bridge starts with in its duplicate memory)."""
     from bench.__main__ import PATH, server  # noqa: PLC0415 - the harness imports this module
 
     with _callgrind() as (tool, log):
-        with server(kind, broker, prefix=tool, body=body, protocol=protocol) as (port, _):
+        with server(
+            kind, broker, prefix=tool, body=body, protocol=protocol, remembered=remembered
+        ) as (port, _):
             if count:
                 statuses = asyncio.run(
                     load.send("127.0.0.1", port, PATH, stream(body), count=count, concurrency=8)
@@ -105,3 +118,32 @@ def per_request_by_protocol(
         idle = total(kind, body, broker, 0, protocol)
         results[protocol] = (total(kind, body, broker, count, protocol) - idle) / count / 1000
     return results
+
+
+def main() -> None:
+    """`python -m bench.instructions KIND BODY`: one count, e.g. before and after a change.
+    With the event ids shared, the bridge also works per second (its follower fetches the
+    event-ids topic about ten times a second, some 5 million instructions a second under
+    callgrind against under 1 million without): a run slowed by a busy machine counts more of
+    it per request, so compare counts of runs that took about as long."""
+    from bench.__main__ import FULL, PARTITIONS  # noqa: PLC0415 - the harness imports this module
+
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions")
+    parser.add_argument("kind", choices=["ceiling", "floor", "bridge"])
+    parser.add_argument("body", choices=BODIES)
+    parser.add_argument("--count", type=int, default=300, help="requests counted")
+    parser.add_argument(
+        "--full", action="store_true", help="the bridge's duplicate memory full, as make bench"
+    )
+    args = parser.parse_args()
+    remembered = FULL if args.full and args.kind == "bridge" else 0
+    with EmbeddedBroker() as broker:
+        asyncio.run(create_topics(broker.bootstrap_servers, all_topics("bench."), PARTITIONS))
+        idle = total(args.kind, args.body, broker, 0, remembered=remembered)
+        busy = total(args.kind, args.body, broker, args.count, remembered=remembered)
+    per_request = (busy - idle) / args.count / 1000
+    print(f"{args.kind}, {args.body}: {per_request:,.0f}k instructions a request")
+
+
+if __name__ == "__main__":
+    main()

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from bridge.kafka import TopicSpec, create_topics, kafka_options
 from bridge.metrics import Metrics
@@ -296,11 +298,31 @@ def id_consumer(settings: Settings) -> AIOKafkaConsumer:
 async def send_ids(
     producer: AIOKafkaProducer, topic: str, events: list[tuple[bytes, float]]
 ) -> None:
-    """Publish (digest, stored at) pairs and wait for their acknowledgement, as one batch."""
+    """Publish (digest, stored at) pairs and wait for their acknowledgement.
+
+    Written into record batches, one per partition (another when one is full), each
+    acknowledged as a whole: `send()` per id cost ~100k instructions an id (aiokafka's
+    pure-Python murmur2 of each key, its partition lists rebuilt, a future and a metadata
+    tuple per id), a third of what a notification costs the bridge. The records are the same
+    (key, value, timestamp), each in the partition aiokafka's partitioner would choose."""
+    count = len(await producer.partitions_for(topic))
+    batches: dict[int, BatchBuilder] = {}
     sent = []
     for key, stored in events:
         ms = round(stored * 1000)
-        sent.append(await producer.send(topic, _MS.pack(ms), key=key, timestamp_ms=ms))
+        value = _MS.pack(ms)
+        # murmur2 of the key modulo the partitions, as aiokafka's (and Java's) partitioner;
+        # one partition (the topic bridge creates) needs no hash.
+        partition = (murmur2(key) & 0x7FFFFFFF) % count if count > 1 else 0
+        batch = batches.get(partition)
+        if batch is None or batch.append(timestamp=ms, key=key, value=value) is None:
+            if batch is not None:  # full (and closed by aiokafka): on its way
+                sent.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = batches[partition] = producer.create_batch()
+            batch.append(timestamp=ms, key=key, value=value)
+    for partition, batch in batches.items():
+        batch.close()  # nothing else is added to it, even by a `send()`
+        sent.append(await producer.send_batch(batch, topic, partition=partition))
     await asyncio.gather(*sent)
 
 

@@ -22,9 +22,11 @@ from pathlib import Path
 import httpx2
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import DefaultPartitioner
 
 from bridge.broker import free_port
-from bridge.event_ids import config_problem, event_ids_topic
+from bridge.dedup import digest
+from bridge.event_ids import config_problem, decode_ids, event_ids_topic, id_producer, send_ids
 from bridge.kafka import create_topics_and_wait
 from bridge.routing import all_topics
 from bridge.settings import load_settings
@@ -238,3 +240,29 @@ def test_the_topic_is_compacted_and_forgets_after_the_window() -> None:
     assert "shorter" in (
         config_problem(spec, {"cleanup.policy": "compact,delete", "retention.ms": "1000"}) or ""
     )
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+async def test_ids_are_sent_as_send_would_send_them(broker: Broker, partitions: int) -> None:
+    """Written into batches, not `send()` one by one: each id still lands once, in the
+    partition aiokafka's partitioner picks for its key, with its time as value and timestamp;
+    1,500 ids fill more than one batch per partition."""
+    topic = f"t{uuid.uuid4().hex[:10]}.event-ids"
+    await create_topics_and_wait(broker.bootstrap_servers, [topic], partitions)
+    settings = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers)
+    stored = 1_700_000_000.123
+    events = [(digest(f"call:{n}"), stored + n / 1000) for n in range(1500)]
+    producer = id_producer(settings)
+    await producer.start()
+    try:
+        await send_ids(producer, topic, events)
+    finally:
+        await producer.stop()
+    records = await broker.consume([topic])
+    assert sorted(decode_ids(records)) == sorted((k, round(t * 1000) / 1000) for k, t in events)
+    every = list(range(partitions))
+    for record in records:
+        assert record.key is not None
+        assert record.partition == DefaultPartitioner()(record.key, every, every)
+        assert record.timestamp == round(dict(events)[record.key] * 1000)
+    assert len({r.partition for r in records}) == partitions
