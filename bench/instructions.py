@@ -19,7 +19,8 @@ from pathlib import Path
 
 from bench import load
 from bench.bodies import BODIES, stream
-from bridge.broker import EmbeddedBroker, create_topics
+from bridge.broker import EmbeddedBroker
+from bridge.kafka import create_topics_and_wait
 from bridge.routing import all_topics
 
 
@@ -138,7 +139,9 @@ def main() -> None:
     args = parser.parse_args()
     remembered = FULL if args.full and args.kind == "bridge" else 0
     with EmbeddedBroker() as broker:
-        asyncio.run(create_topics(broker.bootstrap_servers, all_topics("bench."), PARTITIONS))
+        asyncio.run(
+            create_topics_and_wait(broker.bootstrap_servers, all_topics("bench."), PARTITIONS)
+        )
         idle = total(args.kind, args.body, broker, 0, remembered=remembered)
         busy = total(args.kind, args.body, broker, args.count, remembered=remembered)
     per_request = (busy - idle) / args.count / 1000
