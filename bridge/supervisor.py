@@ -71,6 +71,12 @@ class Server(uvicorn.Server):
             self._captured_signals.clear()
 
 
+def graceful_seconds(settings: Settings) -> int:
+    """How long a stopping server waits for the requests in flight: each is done (stored or
+    spooled) within the ack budget."""
+    return math.ceil(settings.ack_timeout) + 2
+
+
 def server_config(settings: Settings, app: ASGIApplication | str = APP) -> uvicorn.Config:
     """How bridge runs under uvicorn; tests run the same configuration."""
     return uvicorn.Config(
@@ -85,7 +91,7 @@ def server_config(settings: Settings, app: ASGIApplication | str = APP) -> uvico
         access_log=False,
         lifespan="on",
         # Requests in flight are done (stored or spooled) within the ack budget.
-        timeout_graceful_shutdown=math.ceil(settings.ack_timeout) + 2,
+        timeout_graceful_shutdown=graceful_seconds(settings),
         # Deadlines and limits on each connection, BRIDGE_MAX_CONNECTIONS among them.
         http=BridgeProtocol,
         timeout_keep_alive=settings.keep_alive_timeout,
@@ -208,7 +214,7 @@ def supervise(settings: Settings) -> int:
     # A worker finishes its requests within the ack budget, then its own stop within the
     # shutdown budget; one that is hung (stopped, deadlocked) would hold the supervisor, and
     # the port, until the orchestrator's SIGKILL: it is killed once both budgets are spent.
-    deadline = time.monotonic() + math.ceil(settings.ack_timeout) + 2 + settings.shutdown_timeout
+    deadline = time.monotonic() + graceful_seconds(settings) + settings.shutdown_timeout
     for slot in slots:
         slot.process.join(max(0.0, deadline - time.monotonic()))
         if slot.process.exitcode is None and slot.process.pid is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -34,6 +35,7 @@ from tests.registry_double import Registry
 
 __all__ = [
     "Broker",
+    "DevBanner",
     "RunningRegistry",
     "RunningServer",
     "StalledPublisher",
@@ -120,6 +122,38 @@ def wait_for_port(
         return True
 
     wait_for(accepting, timeout, f"nothing listened on {port}{f' (log: {log})' if log else ''}")
+
+
+@dataclass(frozen=True)
+class DevBanner:
+    """What `bridge dev` prints before it serves: its curl line's example file and URL, and
+    the broker's address."""
+
+    text: str
+    example: Path
+    url: str
+    bootstrap_servers: str
+
+    @classmethod
+    def read(cls, process: subprocess.Popen[str], timeout: float) -> DevBanner:
+        """The banner, read from `process`'s output up to its `bridge tail` line."""
+        assert process.stdout is not None
+        text, deadline = "", time.monotonic() + timeout
+        while "bridge tail" not in text:
+            line = process.stdout.readline()
+            assert line or process.poll() is None, text
+            assert time.monotonic() < deadline, text
+            text += line
+        curl = re.search(r"--data-binary @(\S+) (\S+)", text)
+        bootstrap = re.search(r"BRIDGE_KAFKA_BOOTSTRAP_SERVERS=(\S+)", text)
+        assert curl is not None, text
+        assert bootstrap is not None, text
+        return cls(text, Path(curl.group(1)), curl.group(2), bootstrap.group(1))
+
+    def assert_broker_gone(self) -> None:
+        port = int(self.bootstrap_servers.rpartition(":")[2])
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
 
 
 def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -22,6 +22,7 @@ from bridge.broker import free_port
 from bridge.settings import Settings
 from tests.helpers import (
     Broker,
+    DevBanner,
     RunningRegistry,
     process_env,
     sample,
@@ -29,6 +30,7 @@ from tests.helpers import (
     wait_for,
     wait_for_port,
 )
+from tests.traffic import listening
 
 BRIDGE = [sys.executable, "-m", "bridge"]
 TOKEN = "cli-test-token-Zq8"
@@ -151,22 +153,15 @@ def test_dev_starts_a_broker_serves_and_stops_both_on_ctrl_c() -> None:
     )
     try:
         wait_for_port(port, process=process)
-        assert process.stdout is not None
-        banner = ""
-        while "bridge tail" not in banner:
-            banner += process.stdout.readline()
-        curl = re.search(r"--data-binary @(\S+) (\S+)", banner)
-        assert curl is not None
-        assert curl.group(2).startswith(f"http://127.0.0.1:{port}/webhooks/airudder/")
-        assert len(curl.group(2).rpartition("/")[2]) >= 32  # a generated token
-        bare = httpx2.post(curl.group(2).rpartition("/")[0], content=b"{}")
+        banner = DevBanner.read(process, timeout=20)
+        assert banner.url.startswith(f"http://127.0.0.1:{port}/webhooks/airudder/")
+        assert len(banner.url.rpartition("/")[2]) >= 32  # a generated token
+        bare = httpx2.post(banner.url.rpartition("/")[0], content=b"{}")
         assert bare.status_code == 404
-        assert Path(curl.group(1)).is_file()
-        response = httpx2.post(curl.group(2), content=Path(curl.group(1)).read_bytes())
+        assert banner.example.is_file()
+        response = httpx2.post(banner.url, content=banner.example.read_bytes())
         assert response.status_code == 200
-        bootstrap = re.search(r"BRIDGE_KAFKA_BOOTSTRAP_SERVERS=(\S+)", banner)
-        assert bootstrap is not None
-        env = environment(BRIDGE_KAFKA_BOOTSTRAP_SERVERS=bootstrap.group(1))
+        env = environment(BRIDGE_KAFKA_BOOTSTRAP_SERVERS=banner.bootstrap_servers)
         tailed = run("tail", "--from-beginning", "--until-idle", "2", env=env)
         assert orjson.loads(tailed.stdout)["notification"] == sample("call")
     finally:
@@ -174,9 +169,7 @@ def test_dev_starts_a_broker_serves_and_stops_both_on_ctrl_c() -> None:
         code = process.wait(20)
         process.communicate()
     assert code == 0
-    broker_port = int(bootstrap.group(1).rpartition(":")[2])
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", broker_port), timeout=0.5).close()
+    banner.assert_broker_gone()
 
 
 @pytest.mark.one_broker  # the supervisor's tests: about processes, not the broker
@@ -298,14 +291,8 @@ def test_workers_whose_supervisor_is_killed_stop_by_themselves(kafka_settings: S
         process.kill()  # no SIGTERM to pass on: the workers must notice by themselves
         process.wait()
     wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 20, "workers gone")
-    wait_for(lambda: not _listening(kafka_settings.port), 5, "the port free")
+    wait_for(lambda: listening(kafka_settings.port) == 0, 5, "the port free")
     assert log.read_text().count("the supervisor is gone, stopping") == 2
-
-
-def _listening(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-        return True
-    return False
 
 
 @pytest.mark.one_broker
