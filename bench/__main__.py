@@ -28,11 +28,11 @@ import uvloop
 
 from bench import apache, instructions, load, shared_ids, stages
 from bench.bodies import BODIES, stream
-from bridge.broker import EmbeddedBroker, free_port
-from bridge.kafka import create_topics_and_wait
-from bridge.routing import all_topics
+from bridge.devbrokers.launcher import EmbeddedBroker, free_port
+from bridge.kafka.client import create_topics_and_wait
+from bridge.notifications.routing import all_topics
 from bridge.settings import Settings
-from bridge.spool import Spool
+from bridge.state.spool import Spool
 
 TOKEN = "bench-token"  # noqa: S105 - a benchmark, not a secret
 PATH = f"/webhooks/airudder/{TOKEN}"

@@ -9,9 +9,9 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridge.broker import KafkaCluster, kafka_missing
-from bridge.kafka import create_topics_and_wait
-from bridge.routing import all_topics
+from bridge.devbrokers.launcher import KafkaCluster, kafka_missing
+from bridge.kafka.client import create_topics_and_wait
+from bridge.notifications.routing import all_topics
 
 Rows = list[dict[str, float]]
 Say = Callable[[str], None]

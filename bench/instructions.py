@@ -19,9 +19,9 @@ from pathlib import Path
 
 from bench import load
 from bench.bodies import BODIES, stream
-from bridge.broker import EmbeddedBroker
-from bridge.kafka import create_topics_and_wait
-from bridge.routing import all_topics
+from bridge.devbrokers.launcher import EmbeddedBroker
+from bridge.kafka.client import create_topics_and_wait
+from bridge.notifications.routing import all_topics
 
 
 def available() -> bool:
@@ -77,7 +77,7 @@ _STAGES = """
 import sys
 from bench.bodies import stream
 from bridge.pipeline import Pipeline
-from bridge.publish import MemoryPublisher
+from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import load_settings
 pipeline = Pipeline(load_settings(allow_unauthenticated=True, spool_dir=""), MemoryPublisher())
 bodies = stream(sys.argv[1])

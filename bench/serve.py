@@ -11,9 +11,9 @@ import sys
 
 import uvicorn
 
-from bridge.logs import configure_logging
+from bridge.http.supervisor import APP, server_config
 from bridge.settings import load_settings
-from bridge.supervisor import APP, server_config
+from bridge.telemetry.logs import configure_logging
 
 APPS = {"bridge": APP, "ceiling": "bench.noop:create_app"}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import timeit
 
 from bench.bodies import BODIES, stream
-from bridge.parse import parse_notification
+from bridge.kafka.publish import MemoryPublisher
+from bridge.notifications.parse import parse_notification
 from bridge.pipeline import Pipeline
-from bridge.publish import MemoryPublisher
 from bridge.settings import load_settings
 
 

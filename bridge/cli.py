@@ -11,21 +11,23 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bridge import __version__, dev, replay, schema_tools, supervisor
-from bridge.auth import require_credentials
+from bridge import __version__
 from bridge.codec.compat import LEVELS
+from bridge.codec.registry import SchemaRegistry, resolve_ids
 from bridge.codec.schemas import load_schemas
+from bridge.commands import dev, replay, schema_tools
+from bridge.commands.tail import TailOptions, tail
 from bridge.errors import BridgeError, ConfigError
-from bridge.event_ids import ensure_topic, event_ids_topic
-from bridge.kafka_check import check_connection
-from bridge.logs import configure_logging
-from bridge.parse import TYPES
-from bridge.publish import KafkaPublisher
-from bridge.registry import SchemaRegistry, resolve_ids
-from bridge.routing import DLQ
+from bridge.http import supervisor
+from bridge.http.auth import require_credentials
+from bridge.kafka.diagnosis import check_connection
+from bridge.kafka.event_ids import ensure_topic, event_ids_topic
+from bridge.kafka.publish import KafkaPublisher
+from bridge.kafka.topics import ensure_topics
+from bridge.notifications.parse import TYPES
+from bridge.notifications.routing import DLQ
 from bridge.settings import Settings, load_settings
-from bridge.tail import TailOptions, tail
-from bridge.topics import ensure_topics
+from bridge.telemetry.logs import configure_logging
 
 lifecycle = logging.getLogger("bridge.lifecycle")
 

@@ -15,17 +15,17 @@ import contextlib
 import logging
 
 from bridge.codec.encode import Codec
+from bridge.codec.registry import SchemaRegistry, resolve_ids
 from bridge.codec.schemas import load_schemas
-from bridge.dedup import Deduplicator
 from bridge.errors import BridgeError
-from bridge.event_ids import SHARE_EVERY, EventIdTopic
-from bridge.metrics import Metrics
+from bridge.kafka.event_ids import SHARE_EVERY, EventIdTopic
+from bridge.kafka.publish import KafkaPublisher, Publisher
+from bridge.kafka.topics import TopicWatch
 from bridge.pipeline import Pipeline
-from bridge.publish import KafkaPublisher, Publisher
-from bridge.registry import SchemaRegistry, resolve_ids
 from bridge.settings import Settings
-from bridge.spool import Spool
-from bridge.topics import TopicWatch
+from bridge.state.dedup import Deduplicator
+from bridge.state.spool import Spool
+from bridge.telemetry.metrics import Metrics
 
 lifecycle = logging.getLogger("bridge.lifecycle")
 FLUSH_EVERY = 1.0  # seconds between writes of the event ids to the spool's file, unshared

@@ -28,9 +28,9 @@ import orjson
 
 from bridge.codec.encode import Codec
 from bridge.codec.mapping import Mapper
+from bridge.codec.registry import SchemaRegistry
 from bridge.codec.schemas import Schema, load_schemas
 from bridge.codec.writer import Unsupported, Writer
-from bridge.dedup import Deduplicator
 from bridge.errors import (
     InvalidNotification,
     Overloaded,
@@ -40,12 +40,11 @@ from bridge.errors import (
     PublishTimeout,
     SpoolError,
 )
-from bridge.metrics import Metrics
-from bridge.parse import case_id_of, parse_notification
-from bridge.publish import Delivery, Publisher
-from bridge.record import Record
-from bridge.registry import SchemaRegistry
-from bridge.routing import (
+from bridge.kafka.publish import Delivery, Publisher
+from bridge.kafka.topics import TopicWatch, refusal
+from bridge.notifications.parse import case_id_of, parse_notification
+from bridge.notifications.record import Record
+from bridge.notifications.routing import (
     DLQ,
     dead_letter_headers,
     dead_letter_id,
@@ -53,8 +52,9 @@ from bridge.routing import (
     topic_for,
 )
 from bridge.settings import Settings
-from bridge.spool import Spool, SpoolEntry
-from bridge.topics import TopicWatch, refusal
+from bridge.state.dedup import Deduplicator
+from bridge.state.spool import Spool, SpoolEntry
+from bridge.telemetry.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

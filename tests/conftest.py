@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from bridge.broker import EmbeddedBroker, KafkaCluster, free_port
+from bridge.devbrokers.launcher import EmbeddedBroker, KafkaCluster, free_port
 from bridge.settings import Settings
 from tests.helpers import (
     Broker,

@@ -8,10 +8,10 @@ from pathlib import Path
 import orjson
 import yaml
 
-from bridge import parse
 from bridge.codec.schemas import RECORD_NAMES, load_schemas
-from bridge.parse import parse_notification
-from bridge.routing import all_topics, dead_letter_headers, headers_for
+from bridge.notifications import parse
+from bridge.notifications.parse import parse_notification
+from bridge.notifications.routing import all_topics, dead_letter_headers, headers_for
 from bridge.settings import Settings
 from tests.helpers import sample_bytes
 

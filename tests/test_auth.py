@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge import auth
-from bridge.auth import Guard, bearer_token
+from bridge.http import auth
+from bridge.http.auth import Guard, bearer_token
 from bridge.settings import load_settings
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import load
-from bridge.broker import kafka_missing
+from bridge.devbrokers.launcher import kafka_missing
 
 
 def test_percentiles_count_every_request() -> None:

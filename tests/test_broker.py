@@ -15,7 +15,7 @@ import trustme
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from bridge.broker import (
+from bridge.devbrokers.launcher import (
     POM,
     EmbeddedBroker,
     KafkaCluster,
@@ -27,7 +27,7 @@ from bridge.broker import (
     kafka_version,
 )
 from bridge.errors import BrokerUnavailable
-from bridge.kafka import create_topics_and_wait, describe_partitions
+from bridge.kafka.client import create_topics_and_wait, describe_partitions
 from tests.helpers import Broker, run_sync, wait_for
 
 
@@ -40,12 +40,12 @@ def fake_tool(folder: Path, name: str, script: str) -> None:
 # --- without a broker -----------------------------------------------------------------------
 
 
-# A broker as it is started (bridge.broker._spawn), ignoring SIGTERM as a Kafka broker in a
+# A broker as it is started (launcher._spawn), ignoring SIGTERM as a Kafka broker in a
 # controlled shutdown that cannot reach its controller does; then the starter sleeps.
 STARTER = """
 import sys, time
 from pathlib import Path
-from bridge.broker import _spawn
+from bridge.devbrokers.launcher import _spawn
 ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
 print(_spawn([sys.executable, "-c", ignoring], Path(sys.argv[1])).pid, flush=True)
 time.sleep(60)

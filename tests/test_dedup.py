@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge import dedup
-from bridge.dedup import Deduplicator
 from bridge.settings import Settings
-from bridge.spool import Spool
+from bridge.state import dedup
+from bridge.state.dedup import Deduplicator
+from bridge.state.spool import Spool
 
 
 class Clock:

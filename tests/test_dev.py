@@ -12,7 +12,7 @@ import httpx2
 import orjson
 import pytest
 
-from bridge.broker import free_port, kafka_missing
+from bridge.devbrokers.launcher import free_port, kafka_missing
 from tests.helpers import DevBanner, sample, wait_for_port
 
 

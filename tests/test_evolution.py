@@ -16,7 +16,7 @@ import pytest
 
 from bridge.codec.mapping import Mapper
 from bridge.codec.schemas import Schema, default_schema_dir, load_history, load_schemas
-from bridge.schema_tools import check_schemas, snapshot
+from bridge.commands.schema_tools import check_schemas, snapshot
 from bridge.settings import load_settings
 from tests.helpers import sample
 
@@ -135,7 +135,7 @@ def test_the_cli_fails_a_ci_pipeline_on_an_incompatible_edit(schema_dir: Path) -
 
 
 async def test_the_check_asks_the_registry_too(schema_registry: Any, tmp_path: Path) -> None:
-    from bridge.registry import SchemaRegistry  # noqa: PLC0415
+    from bridge.codec.registry import SchemaRegistry  # noqa: PLC0415
 
     settings = load_settings(schema_registry_url=schema_registry.url)
     registry = SchemaRegistry(settings)

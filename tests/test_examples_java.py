@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from bridge.codec.encode import CONFLUENT_MAGIC, MAGIC
+from bridge.codec.registry import SchemaRegistry
 from bridge.codec.schemas import (
     build,
     default_schema_dir,
@@ -25,10 +26,9 @@ from bridge.codec.schemas import (
     load_schemas,
     read_definitions,
 )
-from bridge.registry import SchemaRegistry
-from bridge.routing import topic_for
+from bridge.commands.tail import Decoder
+from bridge.notifications.routing import topic_for
 from bridge.settings import Settings
-from bridge.tail import Decoder
 from tests.helpers import RunningRegistry, consume, run_server, run_sync, sample
 
 ROOT = Path(__file__).resolve().parent.parent

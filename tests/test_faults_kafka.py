@@ -21,9 +21,15 @@ from pathlib import Path
 import pytest
 from aiokafka.partitioner import murmur2
 
-from bridge.broker import BrokerUnavailable, KafkaCluster, KafkaNode, free_port, kafka_classpath
-from bridge.kafka import create_topics_and_wait
-from bridge.routing import all_topics
+from bridge.devbrokers.launcher import (
+    BrokerUnavailable,
+    KafkaCluster,
+    KafkaNode,
+    free_port,
+    kafka_classpath,
+)
+from bridge.kafka.client import create_topics_and_wait
+from bridge.notifications.routing import all_topics
 from bridge.settings import load_settings
 from tests.helpers import consume, process_env, require_apache_kafka, run_sync, started, wait_for
 from tests.traffic import (

@@ -23,9 +23,9 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.testclient import TestClient
 
-from bridge.app import WEBHOOK_PATH, create_app
+from bridge.http.app import WEBHOOK_PATH, create_app
+from bridge.kafka.publish import MemoryPublisher
 from bridge.pipeline import Pipeline
-from bridge.publish import MemoryPublisher
 from bridge.settings import load_settings
 from tests.helpers import sample
 
@@ -226,7 +226,7 @@ def test_hostile_bodies_and_headers_never_get_a_5xx_and_what_is_accepted_is_stor
 
 # -- the OpenAPI description ----------------------------------------------------------------------
 
-COMMITTED = Path(__file__).resolve().parent.parent / "bridge" / "openapi.json"
+COMMITTED = Path(__file__).resolve().parent.parent / "bridge" / "http" / "openapi.json"
 schema = schemathesis.openapi.from_path(COMMITTED)
 
 

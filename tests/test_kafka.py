@@ -10,9 +10,10 @@ import httpx2
 import orjson
 import pytest
 
-from bridge.app import WEBHOOK_PATH
-from bridge.broker import free_port
-from bridge.kafka import (
+from bridge.commands.tail import Decoder
+from bridge.devbrokers.launcher import free_port
+from bridge.http.app import WEBHOOK_PATH
+from bridge.kafka.client import (
     Creation,
     TopicSpec,
     consume_until_idle,
@@ -20,11 +21,10 @@ from bridge.kafka import (
     create_topics_and_wait,
     reading,
 )
-from bridge.publish import KafkaPublisher
-from bridge.record import Record
-from bridge.routing import all_topics
+from bridge.kafka.publish import KafkaPublisher
+from bridge.notifications.record import Record
+from bridge.notifications.routing import all_topics
 from bridge.settings import Settings, load_settings
-from bridge.tail import Decoder
 from tests.helpers import Broker, RunningServer, run_server, run_sync, sample, sample_bytes
 
 

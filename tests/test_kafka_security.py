@@ -24,10 +24,10 @@ import orjson
 import pytest
 import trustme
 
-from bridge.app import WEBHOOK_PATH
-from bridge.broker import KafkaCluster, KafkaSecurity, free_port
-from bridge.kafka import create_topics_and_wait
-from bridge.routing import all_topics
+from bridge.devbrokers.launcher import KafkaCluster, KafkaSecurity, free_port
+from bridge.http.app import WEBHOOK_PATH
+from bridge.kafka.client import create_topics_and_wait
+from bridge.notifications.routing import all_topics
 from tests.helpers import require_apache_kafka, run_sync, sample, sample_bytes, wait_for_port
 
 # One pytest-xdist worker runs the module: its secured node is started once.

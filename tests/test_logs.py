@@ -8,8 +8,10 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from bridge.app import WEBHOOK_PATH, create_app
-from bridge.logs import (
+from bridge.http.app import WEBHOOK_PATH, create_app
+from bridge.kafka.publish import MemoryPublisher
+from bridge.settings import load_settings
+from bridge.telemetry.logs import (
     JsonFormatter,
     StampRequestId,
     TextFormatter,
@@ -18,8 +20,6 @@ from bridge.logs import (
     request_id,
     stop_writer,
 )
-from bridge.publish import MemoryPublisher
-from bridge.settings import load_settings
 from tests.helpers import sample_bytes
 
 
@@ -82,7 +82,7 @@ def test_only_warnings_are_throttled_when_asked() -> None:
 
 
 def test_the_queue_to_the_writer_is_bounded() -> None:
-    from bridge.logs import _Enqueue, _Writer  # noqa: PLC0415
+    from bridge.telemetry.logs import _Enqueue, _Writer  # noqa: PLC0415
 
     writer = _Writer(logging.StreamHandler(), limit=2)  # not started: nothing is written
     handler = _Enqueue(writer)
@@ -96,7 +96,7 @@ def test_the_queue_to_the_writer_is_bounded() -> None:
 def test_lines_are_written_in_batches_and_warnings_at_once(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    from bridge.logs import _Enqueue, _Writer  # noqa: PLC0415
+    from bridge.telemetry.logs import _Enqueue, _Writer  # noqa: PLC0415
 
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(JsonFormatter())

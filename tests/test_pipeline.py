@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import Overloaded, PublishError, SpoolFull
+from bridge.kafka.publish import MemoryPublisher
 from bridge.pipeline import Pipeline
-from bridge.publish import MemoryPublisher
 from bridge.settings import load_settings
-from bridge.spool import Spool
+from bridge.state.spool import Spool
 from tests.helpers import SwitchablePublisher, notification
 
 

@@ -21,9 +21,9 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from bridge.app import WEBHOOK_PATH
-from bridge.broker import free_port
-from bridge.publish import MemoryPublisher
+from bridge.devbrokers.launcher import free_port
+from bridge.http.app import WEBHOOK_PATH
+from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import Settings, load_settings
 from tests.helpers import consume, process_env, run_server, sample
 

@@ -18,22 +18,22 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from starlette.testclient import TestClient
 
-from bridge.app import WEBHOOK_PATH, create_app
-from bridge.broker import free_port
 from bridge.codec.encode import confluent_id
 from bridge.codec.mapping import Mapper
-from bridge.codec.schemas import load_schemas
-from bridge.errors import ConfigError, RegistryError
-from bridge.publish import MemoryPublisher
-from bridge.registry import (
+from bridge.codec.registry import (
     CONTENT_TYPE,
     SchemaRegistry,
     registered_schema,
     subject_for,
     subjects,
 )
+from bridge.codec.schemas import load_schemas
+from bridge.commands.tail import Decoder
+from bridge.devbrokers.launcher import free_port
+from bridge.errors import ConfigError, RegistryError
+from bridge.http.app import WEBHOOK_PATH, create_app
+from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import Settings, load_settings
-from bridge.tail import Decoder
 from tests.helpers import Broker, RunningRegistry, sample, sample_bytes, serve_in_thread
 from tests.registry_double import Registry
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bridge.broker import free_port
-from bridge.publish import MemoryPublisher
-from bridge.replay import read_archive, to_kafka, to_url
+from bridge.commands.replay import read_archive, to_kafka, to_url
+from bridge.devbrokers.launcher import free_port
+from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import Settings, load_settings
 from tests.helpers import Broker, run_server, sample
 

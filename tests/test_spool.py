@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import SpoolFull
-from bridge.record import Record
-from bridge.spool import Spool
+from bridge.notifications.record import Record
+from bridge.state.spool import Spool
 
 
 async def opened(directory: Path, max_bytes: int = 10_000_000) -> Spool:

@@ -8,9 +8,9 @@ import pytest
 from starlette.applications import Starlette
 from uvicorn.config import STARTUP_FAILURE
 
-from bridge.protocol import BridgeProtocol
+from bridge.http.protocol import BridgeProtocol
+from bridge.http.supervisor import APP, Worker, restart_delay, server_config
 from bridge.settings import load_settings
-from bridge.supervisor import APP, Worker, restart_delay, server_config
 
 
 @pytest.mark.parametrize(

@@ -23,16 +23,16 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.protocol.admin import CreateAclsRequest
 
-from bridge.broker import KafkaCluster, KafkaSecurity, free_port, kafka_missing
+from bridge.devbrokers.launcher import KafkaCluster, KafkaSecurity, free_port, kafka_missing
 from bridge.errors import PublishRefused, TopicUnavailable
-from bridge.kafka import consume_until_idle, create_topics_and_wait
+from bridge.kafka.client import consume_until_idle, create_topics_and_wait
+from bridge.kafka.publish import Delivery, MemoryPublisher
+from bridge.kafka.topics import create_command, ensure_topics
+from bridge.notifications.record import Record
+from bridge.notifications.routing import all_topics
 from bridge.pipeline import Pipeline
-from bridge.publish import Delivery, MemoryPublisher
-from bridge.record import Record
-from bridge.routing import all_topics
 from bridge.settings import Settings, load_settings
-from bridge.spool import Spool
-from bridge.topics import create_command, ensure_topics
+from bridge.state.spool import Spool
 from tests.helpers import run_server, run_sync, sample, sample_bytes
 
 # One pytest-xdist worker runs the module: its node with ACLs is started once.

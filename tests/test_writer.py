@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from bridge.codec.mapping import Mapper
 from bridge.codec.schemas import load_schemas
 from bridge.codec.writer import Unsupported, Writer
+from bridge.kafka.publish import MemoryPublisher
 from bridge.pipeline import Pipeline
-from bridge.publish import MemoryPublisher
 from bridge.settings import load_settings
 from tests.helpers import sample
 from tests.strategies import json_values, mutated

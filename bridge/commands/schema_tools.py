@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import IO
 
 from bridge.codec.compat import problems
+from bridge.codec.registry import SchemaRegistry, subjects
 from bridge.codec.schemas import Schema, history_dir, load_history, load_schemas
 from bridge.errors import ConfigError
-from bridge.registry import SchemaRegistry, subjects
 from bridge.settings import Settings
 
 

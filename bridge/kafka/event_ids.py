@@ -8,7 +8,7 @@ what the others stored. At start it reads the window back, from the offsets Kafk
 window, so it holds about one window of ids whatever the load.
 
 When the topic cannot take ids (deleted, writes refused, Kafka away), a batch goes to the
-spool's table instead (`bridge.dedup`) and each process falls back to its own memory: nothing
+spool's table instead (`bridge.state.dedup`) and each process falls back to its own memory: nothing
 waits on the topic beyond `SHARE_BUDGET`, off the request's path; `bridge_dedup_shared` says 0
 and `bridge_dedup_unshared_total` counts the ids only this process knows.
 """
@@ -27,9 +27,9 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from bridge.kafka import TopicSpec, create_topics, kafka_options
-from bridge.metrics import Metrics
+from bridge.kafka.client import TopicSpec, create_topics, kafka_options
 from bridge.settings import Settings
+from bridge.telemetry.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

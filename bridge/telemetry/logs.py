@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import orjson
 
-from bridge.routing import timestamp
+from bridge.notifications.routing import timestamp
 from bridge.settings import Settings
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -187,7 +187,7 @@ def dict_config(settings: Settings) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "handlers": {"bridge": {"()": "bridge.logs.writer_handler"}},
+        "handlers": {"bridge": {"()": "bridge.telemetry.logs.writer_handler"}},
         "root": {"handlers": ["bridge"], "level": settings.log_level.upper()},
         "loggers": {"aiokafka": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
     }

@@ -26,14 +26,14 @@ from prometheus_client.multiprocess import mark_process_dead
 from uvicorn._types import ASGIApplication
 from uvicorn.config import STARTUP_FAILURE  # a worker that could not start
 
-from bridge.app import create_app
-from bridge.broker import free_port
-from bridge.logs import dict_config
-from bridge.metrics import MULTIPROCESS_DIR
-from bridge.protocol import BridgeProtocol
+from bridge.devbrokers.launcher import free_port
+from bridge.http.app import create_app
+from bridge.http.protocol import BridgeProtocol
 from bridge.settings import Settings
+from bridge.telemetry.logs import dict_config
+from bridge.telemetry.metrics import MULTIPROCESS_DIR
 
-APP = "bridge.app:create_app"
+APP = "bridge.http.app:create_app"
 lifecycle = logging.getLogger("bridge.lifecycle")
 FIRST_DELAY, LAST_DELAY = 0.5, 30.0  # seconds before a dead worker's replacement starts
 STABLE_AFTER = 60.0  # a worker that ran this long before it died is replaced at once

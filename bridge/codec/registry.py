@@ -17,7 +17,7 @@ import orjson
 
 from bridge.codec.schemas import NAMESPACE, Schema, build, from_definition, text
 from bridge.errors import ConfigError, RegistryError
-from bridge.routing import topic_for
+from bridge.notifications.routing import topic_for
 from bridge.settings import Settings
 
 CONTENT_TYPE: Final = "application/vnd.schemaregistry.v1+json"

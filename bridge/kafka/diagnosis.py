@@ -22,7 +22,7 @@ from aiokafka.errors import (
 )
 
 from bridge.errors import BrokerUnavailable, ConfigError
-from bridge.kafka import kafka_options
+from bridge.kafka.client import kafka_options
 from bridge.settings import Settings
 
 # OpenSSL's verify codes for a certificate that is valid but names another host or address.

@@ -18,13 +18,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from bridge.auth import Guard, bearer_token, require_credentials
 from bridge.container import Container
 from bridge.errors import BodyTimeout, BodyTooLarge, BridgeError
-from bridge.logs import request_id
+from bridge.http.auth import Guard, bearer_token, require_credentials
+from bridge.kafka.publish import Publisher
 from bridge.pipeline import Pipeline
-from bridge.publish import Publisher
 from bridge.settings import Settings, load_settings
+from bridge.telemetry.logs import request_id
 
 logger = logging.getLogger("bridge.notification")
 

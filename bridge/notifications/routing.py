@@ -8,8 +8,8 @@ import math
 import time
 
 from bridge.codec.schemas import Schema
-from bridge.parse import TYPES, Notification
-from bridge.record import Headers
+from bridge.notifications.parse import TYPES, Notification
+from bridge.notifications.record import Headers
 
 DLQ: str = "dlq"
 

@@ -6,7 +6,7 @@ survives a crash of the process or the machine (not the loss of the disk). Entri
 arrival order (`seq`) with a CRC-32 each; a damaged entry is moved to the `quarantine` table and
 reported, and a damaged file is moved aside and salvaged, never blocking the rest. The file also
 holds the event ids recently stored, so duplicate suppression survives a restart (the spool is
-the `bridge.dedup.EventIdStore`).
+the `bridge.state.dedup.EventIdStore`).
 
 All SQLite work runs in one dedicated thread, off the event loop.
 """
@@ -31,7 +31,7 @@ from typing import IO, Any, TypeVar
 import orjson
 
 from bridge.errors import SpoolError, SpoolFull
-from bridge.record import Headers, Record
+from bridge.notifications.record import Headers, Record
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -8,7 +8,7 @@ can lose the last batch (at most `flush` interval); those retries are then store
 with the same `event-id`.
 
 With several processes (workers, replicas) the ids are shared: each batch goes first to the
-`SharedIds` (the `<prefix>event-ids` topic, `bridge.event_ids`), which every process follows and
+`SharedIds` (the `<prefix>event-ids` topic, `kafka.event_ids`), which every process follows and
 `learn`s from, so a retry that reaches another process is dropped there too. The spool's table
 then keeps only what the topic did not take (it was unavailable, or slower than its budget):
 the topic already holds the window for every process and outlives any one of them, and a
@@ -45,7 +45,7 @@ class SharedIds(Protocol):
 
 
 class EventIdStore(Protocol):
-    """Where remembered event ids outlive the process: the spool's file (`bridge.spool.Spool`)."""
+    """Where remembered event ids outlive the process: the spool's file (`state.spool.Spool`)."""
 
     async def remember(self, events: list[tuple[str, float]], expired_before: float) -> None:
         """Keep these (event id, stored at) pairs; forget those stored before `expired_before`."""

@@ -112,7 +112,7 @@ _TIMEOUT = _answer(408, "Request Timeout")
 
 
 class ConnectionMetrics(Protocol):
-    """What the doors count into (`bridge.metrics.Metrics` has both): a narrow view, so this
+    """What the doors count into (`telemetry.metrics.Metrics` has both): a narrow view, so this
     module needs no import of the metrics module, which imports its reasons from here."""
 
     connections_closed: Counter

@@ -23,8 +23,8 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 
 from bridge.errors import BrokerUnavailable, PublishError, PublishRefused
-from bridge.kafka import kafka_options
-from bridge.record import Record
+from bridge.kafka.client import kafka_options
+from bridge.notifications.record import Record
 from bridge.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ _WEDGED = (OutOfOrderSequenceNumber, InvalidProducerEpoch, ProducerFenced)
 
 # Why the broker refuses a write, as a bounded label; any other error it does not retry is
 # "other". (UnknownTopicOrPartition is retried by aiokafka until the ack budget runs out: a
-# deleted topic is found by `bridge.topics` instead.)
+# deleted topic is found by `bridge.kafka.topics` instead.)
 REFUSALS: dict[type[KafkaError], str] = {
     kafka_errors.TopicAuthorizationFailedError: "topic_authorization",
     kafka_errors.ClusterAuthorizationFailedError: "cluster_authorization",

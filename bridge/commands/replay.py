@@ -17,11 +17,11 @@ import httpx
 import orjson
 
 from bridge.errors import BridgeError, InvalidNotification
-from bridge.kafka import reading
-from bridge.parse import parse_notification
+from bridge.kafka.client import reading
+from bridge.kafka.publish import KafkaPublisher
+from bridge.notifications.parse import parse_notification
+from bridge.notifications.routing import all_topics, dead_letter_id
 from bridge.pipeline import Pipeline
-from bridge.publish import KafkaPublisher
-from bridge.routing import all_topics, dead_letter_id
 from bridge.settings import Settings
 
 RETRIES = 3

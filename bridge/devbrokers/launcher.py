@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import Self
 
 from bridge.errors import BrokerUnavailable
-from bridge.kafka import PartitionState, broker_ids, describe_partitions
+from bridge.kafka.client import PartitionState, broker_ids, describe_partitions
 
 logger = logging.getLogger(__name__)
 

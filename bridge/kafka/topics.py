@@ -24,8 +24,8 @@ from aiokafka.errors import (
 from aiokafka.protocol.metadata import MetadataRequest
 
 from bridge.errors import BrokerUnavailable, PublishRefused, TopicUnavailable
-from bridge.kafka import TopicSpec, create_topics, kafka_options
-from bridge.routing import all_topics
+from bridge.kafka.client import TopicSpec, create_topics, kafka_options
+from bridge.notifications.routing import all_topics
 from bridge.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from bridge import __version__
-from bridge.protocol import REASONS
+from bridge.http.protocol import REASONS
 
 # From a fast local ack (~1 ms) to the ack budget and the vendor's 10 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

@@ -13,12 +13,12 @@ from aiokafka import ConsumerRecord
 
 from bridge.codec.encode import Codec, confluent_id
 from bridge.codec.mapping import Mapper
+from bridge.codec.registry import SchemaRegistry
 from bridge.codec.schemas import Schema, load_history, load_schemas
 from bridge.errors import RegistryError, UndecodableRecord
-from bridge.kafka import reading
-from bridge.kafka_check import check_connection
-from bridge.registry import SchemaRegistry
-from bridge.routing import DLQ, topic_for
+from bridge.kafka.client import reading
+from bridge.kafka.diagnosis import check_connection
+from bridge.notifications.routing import DLQ, topic_for
 from bridge.settings import Settings
 
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from bridge.app import WEBHOOK_PATH
-from bridge.broker import EmbeddedBroker, KafkaCluster, free_port, kafka_missing
+from bridge.devbrokers.launcher import EmbeddedBroker, KafkaCluster, free_port, kafka_missing
 from bridge.errors import BrokerUnavailable
-from bridge.event_ids import ensure_topic, event_ids_topic
-from bridge.kafka import create_topics_and_wait
-from bridge.routing import all_topics
+from bridge.http.app import WEBHOOK_PATH
+from bridge.http.supervisor import run
+from bridge.kafka.client import create_topics_and_wait
+from bridge.kafka.event_ids import ensure_topic, event_ids_topic
+from bridge.notifications.routing import all_topics
 from bridge.settings import Settings
-from bridge.supervisor import run
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "notifications" / "call.json"
 
