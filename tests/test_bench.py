@@ -22,6 +22,7 @@ def test_percentiles_count_every_request() -> None:
     assert result.rate == 100
 
 
+@pytest.mark.apache
 @pytest.mark.timeout(480)  # a dozen servers and a run on Apache Kafka, on two shared cores
 def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     output = tmp_path / "RESULTS.md"

@@ -52,6 +52,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.process
 def test_a_broker_dies_with_the_process_that_started_it_even_ignoring_sigterm(
     tmp_path: Path,
 ) -> None:
@@ -115,6 +116,7 @@ def test_a_machine_without_java_or_mvn_is_told_which_in_one_line(
     assert kafka_missing() is None
 
 
+@pytest.mark.process
 def test_a_failed_fetch_names_its_log_and_leaves_no_half_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -152,6 +154,7 @@ def test_the_security_options_become_listeners_and_broker_settings(tmp_path: Pat
         KafkaSecurity(tmp_path, tmp_path, tmp_path, scram_users={"a": "x,y"}).format_arguments()
 
 
+@pytest.mark.kafka
 def test_the_embedded_broker_names_its_port_when_it_cannot_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -182,6 +185,7 @@ async def produce(
         await producer.stop()
 
 
+@pytest.mark.apache
 async def test_one_node_takes_idempotent_writes_and_creates_no_topic_on_first_use(
     kafka_broker: Broker, topic_prefix: str
 ) -> None:
@@ -198,6 +202,7 @@ async def test_one_node_takes_idempotent_writes_and_creates_no_topic_on_first_us
         describe_partitions(kafka_broker.bootstrap_servers, f"{topic_prefix}missing")
 
 
+@pytest.mark.apache
 def test_a_node_that_cannot_start_names_its_log_file(tmp_path: Path) -> None:
     cluster = KafkaCluster(1, directory=tmp_path, properties={"num.io.threads": "zero"})
     with pytest.raises(BrokerUnavailable) as caught:
@@ -208,6 +213,7 @@ def test_a_node_that_cannot_start_names_its_log_file(tmp_path: Path) -> None:
     assert not node.running
 
 
+@pytest.mark.apache
 async def test_the_cluster_replicates_three_times_and_elects_a_new_leader_when_one_dies(
     kafka_cluster: KafkaCluster, topic_prefix: str
 ) -> None:
@@ -235,6 +241,7 @@ async def test_the_cluster_replicates_three_times_and_elects_a_new_leader_when_o
     wait_for(lambda: leader in kafka_cluster.partitions(topic)[0].isr, 60, "back in sync", 0.2)
 
 
+@pytest.mark.apache
 def test_a_broker_stopped_cleanly_leaves_the_isr_at_once(
     kafka_cluster: KafkaCluster, topic_prefix: str
 ) -> None:
@@ -247,6 +254,7 @@ def test_a_broker_stopped_cleanly_leaves_the_isr_at_once(
     assert all(node.node_id not in s.isr and s.leader != node.node_id for s in states)
 
 
+@pytest.mark.apache
 async def test_scram_users_tls_and_mutual_tls_listeners(tmp_path: Path, topic_prefix: str) -> None:
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1")

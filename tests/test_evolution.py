@@ -118,6 +118,7 @@ async def test_a_field_added_without_a_default_breaks_backward(schema_dir: Path)
     assert (await check_schemas(load_settings(), "FORWARD", schema_dir)).failures == []
 
 
+@pytest.mark.process
 def test_the_cli_fails_a_ci_pipeline_on_an_incompatible_edit(schema_dir: Path) -> None:
     edit(schema_dir, "airudder.Callee.avsc", "case_id", {"type": "long", "default": 0})
     result = subprocess.run(

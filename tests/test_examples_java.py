@@ -39,7 +39,11 @@ CASE = "12345.0"
 
 # Maven fetches the dependencies once into its own cache (~/.m2), slow on a first run. One
 # pytest-xdist worker runs the module: one `mvn package` into examples/java/target at a time.
-pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("java-example")]
+pytestmark = [
+    pytest.mark.process,
+    pytest.mark.timeout(600),
+    pytest.mark.xdist_group("java-example"),
+]
 
 
 @pytest.fixture(scope="session")
@@ -182,6 +186,7 @@ def evolved_schema_dir(tmp_path: Path) -> Path:
     return directory
 
 
+@pytest.mark.kafka
 def test_java_reads_single_object_encoding_through_the_history_schemas(
     case_history_jar: Path, kafka_settings: Settings, tmp_path: Path
 ) -> None:
@@ -197,6 +202,7 @@ def test_java_reads_single_object_encoding_through_the_history_schemas(
     assert by_type(java) == by_type(python), said
 
 
+@pytest.mark.kafka
 def test_java_reads_the_confluent_framing_with_the_schema_from_the_registry(
     case_history_jar: Path, kafka_settings: Settings, schema_registry: RunningRegistry
 ) -> None:

@@ -43,7 +43,7 @@ from tests.traffic import (
     scrape,
 )
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.faults, pytest.mark.apache, pytest.mark.timeout(300)]
 logger = logging.getLogger(__name__)
 
 TOKEN = "fault-token"

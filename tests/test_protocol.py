@@ -471,6 +471,7 @@ def kafka_server(kafka_settings: Settings, **extra: object) -> Iterator[tuple[in
         yield int(running.url.rpartition(":")[2]), settings
 
 
+@pytest.mark.kafka
 async def test_strangers_beyond_max_connections_cannot_keep_the_vendor_out(
     kafka_settings: Settings,
 ) -> None:
@@ -497,6 +498,7 @@ async def test_strangers_beyond_max_connections_cannot_keep_the_vendor_out(
     assert closed_by(text, "early_answer") > 0  # the body tricklers, refused at once
 
 
+@pytest.mark.kafka
 async def test_strangers_on_the_vendors_own_address_cannot_keep_it_out(
     kafka_settings: Settings,
 ) -> None:
@@ -518,6 +520,7 @@ async def test_strangers_on_the_vendors_own_address_cannot_keep_it_out(
     assert closed_by(text, "address_limit") > 0
 
 
+@pytest.mark.kafka
 async def test_a_guessing_flood_does_not_lock_out_the_valid_token(
     kafka_settings: Settings,
 ) -> None:
@@ -594,6 +597,7 @@ async def oversized(port: int, source: str, mib: int = 8) -> str:
         connection.close()
 
 
+@pytest.mark.kafka
 async def test_a_hundred_multi_mib_headers_neither_swell_memory_nor_keep_the_vendor_out(
     kafka_settings: Settings,
 ) -> None:
@@ -610,6 +614,7 @@ async def test_a_hundred_multi_mib_headers_neither_swell_memory_nor_keep_the_ven
     assert peak <= 120  # the overload budget of the performance targets
 
 
+@pytest.mark.kafka
 async def test_every_worker_keeps_the_deadlines_and_limits(kafka_settings: Settings) -> None:
     with bridge_serve(kafka_settings, BRIDGE_WORKERS="2", BRIDGE_HEADER_TIMEOUT="1"):
         port = kafka_settings.port

@@ -243,6 +243,7 @@ def test_in_lookup_mode_an_unregistered_schema_refuses_the_start(
         assert app.post(WEBHOOK_PATH, content=sample_bytes()).status_code == 200
 
 
+@pytest.mark.kafka
 async def test_kafka_end_to_end_with_a_registry(
     kafka_settings: Settings, schema_registry: RunningRegistry, broker: Broker
 ) -> None:

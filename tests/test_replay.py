@@ -52,6 +52,7 @@ async def test_replay_to_a_bridge_url(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.kafka
 async def test_replay_straight_to_kafka_skips_what_is_there(
     kafka_settings: Settings, broker: Broker, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

@@ -45,6 +45,7 @@ def test_the_server_runs_an_app_or_its_factory_with_bridges_limits() -> None:
     assert isinstance(factory.log_config, dict)  # each worker configures its own
 
 
+@pytest.mark.process
 def test_a_worker_gets_its_settings_as_an_object_not_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
