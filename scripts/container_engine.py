@@ -174,7 +174,13 @@ def _rootfs(packages: tuple[str, ...], tag: str, changes: tuple[str, ...]) -> No
             target = Path(root) / HOST_CAS.relative_to("/")
             for ca in sorted(HOST_CAS.glob("*.crt")):
                 shutil.copy(ca, target / ca.name)
-            subprocess.run(["chroot", root, "update-ca-certificates"], check=True)
+            # Java's hook (ca-certificates-java) runs java, which needs /proc.
+            proc = Path(root) / "proc"
+            subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
+            try:
+                subprocess.run(["chroot", root, "update-ca-certificates"], check=True)
+            finally:
+                subprocess.run(["umount", str(proc)], check=True)
             for cache in ("var/lib/apt/lists", "var/cache/apt/archives"):
                 for item in (Path(root) / cache).glob("*"):
                     if item.is_file():
