@@ -10,9 +10,12 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
+import shutil
 import signal
 import stat
+import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,10 +36,18 @@ from tests.container import (
     Container,
     build,
     docker,
+    engine,
     running,
     spool_dir,
 )
-from tests.helpers import Broker, broker_settings, notification, run_sync, wait_for
+from tests.helpers import (
+    Broker,
+    broker_settings,
+    consume,
+    notification,
+    run_sync,
+    wait_for,
+)
 from tests.traffic import scrape
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(600)]
@@ -309,3 +320,102 @@ def test_buildkit_builds_it_without_a_registry(image: Build) -> None:
         assert user == "10001:10001"
     finally:
         docker("rmi", tag, check=False)
+
+
+NOT_BUILDABLE = ("schema-registry", "prometheus", "grafana")  # images from registries only
+
+
+def merge(base: Any, override: Any) -> Any:
+    """Compose's own rule for an override file: mappings merged, anything else replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{k: merge(base.get(k), v) for k, v in override.items()}}
+    return override
+
+
+def compose_file(tmp_path: Path) -> Path:
+    """deploy/docker-compose.yml with tests/compose.override.yml, on the host network: no
+    published ports (Docker refuses them there, and an override cannot remove them), and
+    without the services no registry here can give."""
+    compose = merge(
+        yaml.safe_load((DEPLOY / "docker-compose.yml").read_text()),
+        yaml.safe_load((ROOT / "tests" / "compose.override.yml").read_text()),
+    )
+    for name in NOT_BUILDABLE:
+        del compose["services"][name]
+    for service in compose["services"].values():
+        service.pop("ports", None)
+        for name in NOT_BUILDABLE:
+            service.get("depends_on", {}).pop(name, None)
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(compose))
+    return path
+
+
+def test_compose_brings_up_kafka_and_the_bridge_end_to_end(image: Build, tmp_path: Path) -> None:
+    """deploy/docker-compose.yml with tests/compose.override.yml: Apache Kafka built here from
+    the jars the suite fetches, the topics job, the bridge waiting for both; a notification
+    end to end, and `docker-compose stop` within the file's stop grace, exit 0."""
+    cli = shutil.which("docker-compose")
+    if cli is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the compose test, but docker-compose is missing")
+        pytest.skip("compose test: no docker-compose (`make engine` installs it)")
+    project = f"bridge-test-{uuid.uuid4().hex[:8]}"
+    command = [
+        cli,
+        "--project-name",
+        project,
+        "--project-directory",
+        str(DEPLOY),
+        "-f",
+        str(compose_file(tmp_path)),
+    ]
+    kafka_port, bridge_port = free_port(), free_port()
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    env = {
+        **os.environ,
+        "KAFKA_IMAGE": engine("kafka"),
+        "BRIDGE_IMAGE": image.tag,
+        "KAFKA_PORT": str(kafka_port),
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
+        "BRIDGE_PORT": str(bridge_port),
+        "TOPIC_PREFIX": prefix,
+        "BRIDGE_AUTH_TOKENS": TOKEN,
+    }
+
+    def compose(*args: str, timeout: float = 240) -> str:
+        done = subprocess.run(
+            [*command, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert done.returncode == 0, f"docker-compose {' '.join(args)}: {done.stderr[-3000:]}"
+        return done.stdout
+
+    def state(service: str) -> dict[str, Any]:
+        [container_id] = compose("ps", "-q", service).split()
+        inspected: list[dict[str, Any]] = yaml.safe_load(docker("inspect", container_id).stdout)
+        return inspected[0]["State"]
+
+    try:
+        started = time.monotonic()
+        compose("up", "-d", "bridge")  # Kafka until healthy, the topics job done, then bridge
+        bridge = Container(compose("ps", "-q", "bridge").strip(), bridge_port)
+        ready(bridge)
+        print(f"docker-compose up to /readyz 200: {time.monotonic() - started:.1f} s")
+        assert state("topics")["ExitCode"] == 0
+        assert post(bridge, notification("case-compose", 1)) == 200
+        records = run_sync(consume(f"127.0.0.1:{kafka_port}", [f"{prefix}call"]))
+        assert "call:case-compose/1" in {dict(r.headers)["event-id"].decode() for r in records}
+        started = time.monotonic()
+        compose("stop", "bridge")  # with the file's stop_grace_period
+        print(f"docker-compose stop bridge: {time.monotonic() - started:.1f} s")
+        assert state("bridge")["ExitCode"] == 0
+    except BaseException:
+        print(compose("logs", "--tail", "50"))
+        raise
+    finally:
+        compose("down", "--volumes", "--timeout", "30", timeout=120)
