@@ -74,6 +74,9 @@ def docker(
 def require_engine() -> None:
     """Skip (on a developer's machine) or fail (under CI) in one line without an engine."""
     missing = engine("missing", timeout=60)
+    if not missing and os.geteuid() != 0:
+        # The tests chown volumes to the image's user and stop containers' processes.
+        missing = "they need root"
     if not missing:
         return
     if os.environ.get("CI") == "true":
@@ -105,9 +108,9 @@ def build_lock() -> Iterator[None]:
 
 
 def base_image() -> str:
-    """BRIDGE_BASE_IMAGE if set; else the Dockerfile's own base when the engine has it; else
+    """TEST_BASE_IMAGE if set; else the Dockerfile's own base when the engine has it; else
     the stand-in made from Debian packages (once, cached by its inputs)."""
-    chosen = os.environ.get("BRIDGE_TEST_BASE_IMAGE")
+    chosen = os.environ.get("TEST_BASE_IMAGE")
     if chosen:
         return chosen
     default = next(
