@@ -168,12 +168,8 @@ def _version(_: argparse.Namespace, __: Callable[[], Settings]) -> int:
     return 0
 
 
-def _healthcheck(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
-    problem = healthcheck.probe(settings(), args.timeout)
-    if problem is not None:
-        print(f"bridge: unhealthy: {problem}", file=sys.stderr)
-        return 1
-    return 0
+def _healthcheck(args: argparse.Namespace, _: Callable[[], Settings]) -> int:
+    return healthcheck.main(timeout=args.timeout)
 
 
 def _serve(_: argparse.Namespace, settings: Callable[[], Settings]) -> int:

@@ -1,13 +1,21 @@
 """`bridge healthcheck`: the container's HEALTHCHECK, reading the same settings as `bridge serve`
-(port, address, TLS), so a healthy bridge is reported healthy however it is configured."""
+(port, address, TLS), so a healthy bridge is reported healthy however it is configured.
+
+The image runs it as `python3 -m bridge.healthcheck`: the same check without importing the
+whole command line (and with it the service): 0.7 s in the container instead of 2.2 s, every
+10 s, beside the service it checks.
+"""
 
 from __future__ import annotations
 
 import ssl
+import sys
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 
-from bridge.settings import Settings
+from bridge.errors import ConfigError
+from bridge.settings import Settings, load_settings
 
 # A server bound to every address is asked on loopback: the probe runs beside it.
 _ANY = {"", "0.0.0.0", "::", "[::]"}
@@ -41,3 +49,23 @@ def probe(settings: Settings, timeout: float = 2.0) -> str | None:
     except (OSError, ValueError) as exc:
         return f"{target}: {getattr(exc, 'reason', exc)}"
     return None if status == 200 else f"{target}: HTTP {status}"
+
+
+def main(argv: Sequence[str] | None = None, timeout: float = 2.0) -> int:
+    """Exit status of the check: 0 healthy, 1 not (one line on stderr), 2 bad settings."""
+    if argv:
+        print(f"usage: python -m bridge.healthcheck (got {' '.join(argv)})", file=sys.stderr)
+        return 2
+    try:
+        problem = probe(load_settings(), timeout)
+    except ConfigError as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        return 2
+    if problem is not None:
+        print(f"bridge: unhealthy: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

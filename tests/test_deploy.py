@@ -142,7 +142,7 @@ def test_the_healthcheck_reads_the_settings() -> None:
         for line in DOCKERFILE.replace("\\\n", " ").splitlines()
         if line.startswith("HEALTHCHECK")
     )
-    assert healthcheck.endswith('CMD ["bridge", "healthcheck"]')
+    assert healthcheck.endswith('CMD ["python3", "-m", "bridge.healthcheck"]')
     assert "8080" not in healthcheck
 
 

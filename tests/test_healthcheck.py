@@ -28,7 +28,7 @@ def stop(servers: object) -> None:
         next(servers)  # type: ignore[call-overload]
 
 
-def cli(settings: Settings) -> subprocess.CompletedProcess[str]:
+def cli(settings: Settings, *command: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env |= {"BRIDGE_PORT": str(settings.port), "BRIDGE_HOST": settings.host}
     if settings.tls_certfile and settings.tls_keyfile:
@@ -37,7 +37,7 @@ def cli(settings: Settings) -> subprocess.CompletedProcess[str]:
             "BRIDGE_TLS_KEYFILE": str(settings.tls_keyfile),
         }
     return subprocess.run(
-        [sys.executable, "-m", "bridge", "healthcheck"],
+        [sys.executable, "-m", *(command or ("bridge", "healthcheck"))],
         env=env,
         capture_output=True,
         text=True,
@@ -53,9 +53,11 @@ def test_a_bridge_on_another_port_is_healthy_and_one_gone_is_not(tmp_path: Path)
     try:
         assert probe(settings) is None
         assert cli(settings).returncode == 0
+        assert cli(settings, "bridge.healthcheck").returncode == 0  # the image's HEALTHCHECK
     finally:
         stop(servers)
     assert probe(settings) is not None
+    assert cli(settings, "bridge.healthcheck").returncode == 1
     down = cli(settings)
     assert down.returncode == 1
     assert f"127.0.0.1:{settings.port}" in down.stderr
@@ -107,3 +109,18 @@ def test_a_server_that_answers_but_not_200_is_unhealthy(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_bad_settings_are_named_not_reported_healthy(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env["BRIDGE_PORT"] = "not-a-port"
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge.healthcheck"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "BRIDGE_PORT" in done.stderr

@@ -129,7 +129,12 @@ def test_the_image_is_small_runs_as_its_own_user_and_leaves_no_volume(image: Bui
     inspected: dict[str, Any] = yaml.safe_load(config)
     assert inspected["Config"]["User"] == "10001:10001"
     assert not inspected["Config"].get("Volumes")  # no anonymous volume per `docker run`
-    assert inspected["Config"]["Healthcheck"]["Test"] == ["CMD", "bridge", "healthcheck"]
+    assert inspected["Config"]["Healthcheck"]["Test"] == [
+        "CMD",
+        "python3",
+        "-m",
+        "bridge.healthcheck",
+    ]
     size_mb = inspected["Size"] / 1e6
     probe = docker(
         "run",
