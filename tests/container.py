@@ -214,8 +214,9 @@ def run(  # noqa: PLR0913 - `docker run`'s own options, keyword-only
     command: Sequence[str] = (),
 ) -> Container:
     """Start a container of `image` serving on `port` of the host network. `volumes` maps a
-    host path (or a named volume) to where it is mounted; `tmpfs` mounts (e.g. "/tmp",
-    "/var/lib/bridge:size=1m"); `args` other `docker run` options (e.g. "--read-only")."""
+    host path (or a named volume) to where it is mounted; `tmpfs` mounts, e.g. "/tmp", or a
+    full disk for the spool: "/var/lib/bridge:size=1m,uid=10001,gid=10001" (ENOSPC past 1 MiB);
+    `args` other `docker run` options (e.g. "--read-only"); `command` replaces `serve`."""
     options = ["--detach", "--network", "host", "--env", f"BRIDGE_PORT={port}"]
     for name, value in (env or {}).items():
         options += ["--env", f"{name}={value}"]
