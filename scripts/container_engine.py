@@ -6,7 +6,8 @@
     python scripts/container_engine.py stop    # stop dockerd, only if `start` started it
 
 Run by `make engine` (which `.ci/run` calls before `make test`). Where it cannot (not root, not
-Debian, no network), it says why and exits 0: the image tests then skip, or fail under CI.
+Debian), it says why and exits 0: the image tests then skip, or fail under CI; a step that
+fails where it should work (apt, dockerd, debootstrap) exits non-zero, naming it.
 
 No container registry is reachable from the machines the suite runs on, so `python:3.11-slim`
 cannot be pulled: a base of the same shape is made from Debian's own packages (debootstrap,
