@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bridge import __version__, dev, replay, schema_tools, supervisor
+from bridge import __version__, dev, healthcheck, replay, schema_tools, supervisor
 from bridge.auth import require_credentials
 from bridge.codec.compat import LEVELS
 from bridge.codec.schemas import load_schemas
@@ -148,6 +148,16 @@ def _parser() -> argparse.ArgumentParser:
     replay_.add_argument("--concurrency", type=int, default=4, help="requests at once (4)")
     replay_.set_defaults(run=_replay)
 
+    health = commands.add_parser(
+        "healthcheck",
+        help="exit 0 when the bridge these settings describe answers /healthz (the image's "
+        "HEALTHCHECK: same port, address and TLS as `bridge serve`)",
+    )
+    health.add_argument(
+        "--timeout", type=float, default=2.0, help="seconds to wait for the answer (2)"
+    )
+    health.set_defaults(run=_healthcheck)
+
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=_version)
     return parser
@@ -156,6 +166,10 @@ def _parser() -> argparse.ArgumentParser:
 def _version(_: argparse.Namespace, __: Callable[[], Settings]) -> int:
     print(f"bridge {__version__}")
     return 0
+
+
+def _healthcheck(args: argparse.Namespace, _: Callable[[], Settings]) -> int:
+    return healthcheck.main(timeout=args.timeout)
 
 
 def _serve(_: argparse.Namespace, settings: Callable[[], Settings]) -> int:

@@ -20,6 +20,7 @@ import uvicorn
 
 from bridge.broker import EmbeddedBroker, KafkaCluster, free_port
 from bridge.settings import Settings
+from tests.container import Build, build_image
 from tests.helpers import (
     Broker,
     RunningRegistry,
@@ -77,6 +78,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.apache)
         if "kafka_cluster" in fixtures:  # one pytest-xdist worker starts the cluster, once
             item.add_marker(pytest.mark.xdist_group("kafka-cluster"))
+        if "image" in fixtures:  # one pytest-xdist worker builds the image and runs it
+            item.add_marker(pytest.mark.container)
+            item.add_marker(pytest.mark.xdist_group("container"))
 
 
 def _on_another_broker(item: pytest.Item, chosen: set[str]) -> bool:
@@ -148,6 +152,13 @@ def kafka_cluster(_kafka_cluster: KafkaCluster) -> Iterator[KafkaCluster]:
         _kafka_cluster.start_node(node.node_id)
     if down:
         _kafka_cluster.wait_ready()
+
+
+@pytest.fixture(scope="session")
+def image() -> Build:
+    """The image built from deploy/Dockerfile, once per session, on a real container engine
+    (tests/container.py runs containers of it); skips, or fails under CI, without one."""
+    return build_image()
 
 
 @pytest.fixture
