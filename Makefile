@@ -6,13 +6,13 @@ STAMP  := $(VENV)/.installed
 # Processes the suite runs in (pytest-xdist; 0: one). Most of its time is waiting, not CPU.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install run check unit test kafka lint format docs bench clean
+.PHONY: install run check unit test kafka engine engine-stop lint format docs bench clean
 
 install: $(STAMP)  ## create .venv and install bridge with its development tools
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
@@ -21,7 +21,7 @@ run: install  ## start the embedded broker and the bridge; Ctrl-C stops both
 
 # The unit tier: everything that starts no broker, no process, no JVM and no container
 # (tests/conftest.py fails a test of it that does). Under a minute with `make lint`.
-UNIT := not kafka and not apache and not process and not faults
+UNIT := not kafka and not apache and not process and not faults and not container
 
 check: lint unit  ## lint, type check and the unit tier: what to run while working
 
@@ -33,6 +33,14 @@ test: install lint kafka  ## the whole suite: unit, integration and fault tests 
 
 kafka: install  ## fetch Apache Kafka's broker with Maven (once per version, into ~/.cache/bridge)
 	$(BIN)/python scripts/fetch_kafka.py
+
+engine: install kafka  ## root on Debian: install and start a container engine, make the image tests' bases
+	$(BIN)/python scripts/container_engine.py start
+	@if [ -z "$$($(BIN)/python scripts/container_engine.py missing)" ]; then \
+	  $(BIN)/python scripts/container_engine.py base && $(BIN)/python scripts/container_engine.py kafka; fi
+
+engine-stop:  ## stop the container engine, only if `make engine` started it
+	$(BIN)/python scripts/container_engine.py stop
 
 lint: install
 	$(BIN)/ruff check .

@@ -15,7 +15,7 @@ from bridge import __version__
 from bridge.codec.compat import LEVELS
 from bridge.codec.registry import SchemaRegistry, resolve_ids
 from bridge.codec.schemas import load_schemas
-from bridge.commands import dev, replay, schema_tools
+from bridge.commands import dev, healthcheck, replay, schema_tools
 from bridge.commands.tail import TailOptions, tail
 from bridge.errors import BridgeError, ConfigError
 from bridge.http import supervisor
@@ -150,6 +150,16 @@ def _parser() -> argparse.ArgumentParser:
     replay_.add_argument("--concurrency", type=int, default=4, help="requests at once (4)")
     replay_.set_defaults(run=_replay)
 
+    health = commands.add_parser(
+        "healthcheck",
+        help="exit 0 when the bridge these settings describe answers /healthz (the image's "
+        "HEALTHCHECK: same port, address and TLS as `bridge serve`)",
+    )
+    health.add_argument(
+        "--timeout", type=float, default=2.0, help="seconds to wait for the answer (2)"
+    )
+    health.set_defaults(run=_healthcheck)
+
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=_version)
     return parser
@@ -158,6 +168,10 @@ def _parser() -> argparse.ArgumentParser:
 def _version(_: argparse.Namespace, __: Callable[[], Settings]) -> int:
     print(f"bridge {__version__}")
     return 0
+
+
+def _healthcheck(args: argparse.Namespace, _: Callable[[], Settings]) -> int:
+    return healthcheck.main(timeout=args.timeout)
 
 
 def _serve(_: argparse.Namespace, settings: Callable[[], Settings]) -> int:

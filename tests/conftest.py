@@ -8,7 +8,7 @@ only Apache Kafka has (replication, SASL, TLS, ACLs) take `kafka_broker` or `kaf
 and are marked `apache`.
 
 Tiers (docs/development.md): a test that starts a broker, a process, a JVM or a container says
-so with a marker of its own (`kafka`, `apache`, `process`, `faults`); markers are declared,
+so with a marker of its own (`kafka`, `apache`, `process`, `faults`, `container`); markers are declared,
 never guessed from fixture names. The rest is the unit tier (`make check`), and a guard here
 fails any test of it that starts a process anyway.
 """
@@ -29,6 +29,7 @@ import uvicorn
 
 from bridge.devbrokers.launcher import EmbeddedBroker, KafkaCluster, free_port
 from bridge.settings import Settings
+from tests.container import Build, build_image
 from tests.helpers import (
     Broker,
     RunningRegistry,
@@ -44,7 +45,7 @@ from tests.registry_double import Registry
 BROKER_FIXTURES = {"broker", "kafka_settings", "server", "tansu_broker"}
 APACHE_FIXTURES = {"kafka_broker", "kafka_cluster"}
 # The markers of the tiers that may start processes; a test with none of them is a unit test.
-STARTING = ("kafka", "apache", "process", "faults")
+STARTING = ("kafka", "apache", "process", "faults", "container")
 
 
 @pytest.fixture(autouse=True)
@@ -95,10 +96,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             unmarked.append(f"{item.nodeid} ({missing})")
         if "kafka_cluster" in fixtures:  # one pytest-xdist worker starts the cluster, once
             item.add_marker(pytest.mark.xdist_group("kafka-cluster"))
+        if "image" in fixtures:  # one pytest-xdist worker builds the image and runs it
+            item.add_marker(pytest.mark.xdist_group("container"))
     if unmarked:
         raise pytest.UsageError(
-            "tests take a broker without their tier's marker (`kafka`: a broker; `apache`: "
-            "Apache Kafka itself):\n  " + "\n  ".join(unmarked)
+            "tests take a broker or the image without their tier's marker (`kafka`: a broker; "
+            "`apache`: Apache Kafka itself; `container`: the image):\n  " + "\n  ".join(unmarked)
         )
 
 
@@ -108,6 +111,8 @@ def _unmarked(item: pytest.Item, fixtures: set[str]) -> str | None:
         return ", ".join(sorted(fixtures & APACHE_FIXTURES))
     if fixtures & BROKER_FIXTURES and not _marked(item, "kafka", "apache", "faults"):
         return ", ".join(sorted(fixtures & BROKER_FIXTURES))
+    if "image" in fixtures and item.get_closest_marker("container") is None:
+        return "image"
     return None
 
 
@@ -240,6 +245,13 @@ def kafka_cluster(_kafka_cluster: KafkaCluster) -> Iterator[KafkaCluster]:
         _kafka_cluster.start_node(node.node_id)
     if down:
         _kafka_cluster.wait_ready()
+
+
+@pytest.fixture(scope="session")
+def image() -> Build:
+    """The image built from deploy/Dockerfile, once per session, on a real container engine
+    (tests/container.py runs containers of it); skips, or fails under CI, without one."""
+    return build_image()
 
 
 @pytest.fixture
