@@ -15,7 +15,7 @@ from bridge import __version__
 from bridge.codec.compat import LEVELS
 from bridge.codec.registry import SchemaRegistry, resolve_ids
 from bridge.codec.schemas import load_schemas
-from bridge.commands import dev, healthcheck, replay, schema_tools
+from bridge.commands import healthcheck, replay, schema_tools
 from bridge.commands.tail import TailOptions, tail
 from bridge.errors import BridgeError, ConfigError
 from bridge.http import supervisor
@@ -207,6 +207,9 @@ async def _preflight(settings: Settings) -> None:
 
 
 def _dev(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
+    # Here, not at the top: the development brokers' launcher is never loaded by `bridge serve`.
+    from bridge.commands import dev  # noqa: PLC0415
+
     s = settings()
     configure_logging(s)
     return dev.serve(s, args.partitions, args.broker)

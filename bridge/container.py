@@ -32,7 +32,12 @@ FLUSH_EVERY = 1.0  # seconds between writes of the event ids to the spool's file
 
 
 class Container:
-    def __init__(self, settings: Settings, publisher: Publisher | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        publisher: Publisher | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.schemas = load_schemas()
         self.codec = Codec(self.schemas)
@@ -41,7 +46,7 @@ class Container:
             if settings.spool_dir is not None
             else None
         )
-        self.metrics = Metrics()
+        self.metrics = Metrics() if metrics is None else metrics
         # Shared through the Kafka the records go to; a publisher handed in (tests, dry runs)
         # has no Kafka of bridge's own to share through.
         self.event_ids = (

@@ -8,9 +8,9 @@ only Apache Kafka has (replication, SASL, TLS, ACLs) take `kafka_broker` or `kaf
 and are marked `apache`.
 
 Tiers (docs/development.md): a test that starts a broker, a process, a JVM or a container says
-so with a marker of its own (`kafka`, `apache`, `process`, `faults`, `container`); markers are declared,
-never guessed from fixture names. The rest is the unit tier (`make check`), and a guard here
-fails any test of it that starts a process anyway.
+so with a marker of its own (`kafka`, `apache`, `process`, `faults`, `container`); markers are
+declared, never guessed from fixture names. The rest is the unit tier (`make check`), and a
+guard here fails any test of it that starts a process anyway.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 import uvicorn
 
-from bridge.devbrokers.launcher import EmbeddedBroker, KafkaCluster, free_port
+from bridge.devbrokers.launcher import EmbeddedBroker, KafkaCluster
+from bridge.http.ports import free_port
 from bridge.settings import Settings
 from tests.container import Build, build_image
 from tests.helpers import (

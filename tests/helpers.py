@@ -26,12 +26,11 @@ from bridge.devbrokers.launcher import (
     BrokerUnavailable,
     EmbeddedBroker,
     KafkaCluster,
-    free_port,
     kafka_missing,
 )
 from bridge.errors import PublishError
-from bridge.http.app import create_app
-from bridge.http.supervisor import server_config
+from bridge.http.ports import free_port
+from bridge.http.supervisor import serving
 from bridge.kafka.client import create_topics_and_wait, reading
 from bridge.kafka.publish import Delivery, MemoryPublisher, Publisher
 from bridge.notifications.record import Record
@@ -199,7 +198,7 @@ class RunningServer:
 
 def run_server(settings: Settings, publisher: Publisher | None = None) -> Iterator[RunningServer]:
     """bridge on a real uvicorn server in a thread, as httpx's own test suite does."""
-    config = server_config(settings, create_app(settings, publisher))
+    config = serving(settings, publisher)
     for url in serve_in_thread(uvicorn.Server(config)):
         yield RunningServer(url, settings)
 

@@ -20,13 +20,13 @@ from bridge.devbrokers.launcher import (
     EmbeddedBroker,
     KafkaCluster,
     KafkaSecurity,
-    free_port,
     kafka_cache,
     kafka_classpath,
     kafka_missing,
     kafka_version,
 )
 from bridge.errors import BrokerUnavailable
+from bridge.http.ports import free_port
 from bridge.kafka.client import create_topics_and_wait, describe_partitions
 from tests.helpers import Broker, run_sync, wait_for
 

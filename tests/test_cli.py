@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from bridge import __version__
-from bridge.devbrokers.launcher import free_port
+from bridge.http.ports import free_port
 from bridge.settings import Settings
 from tests.helpers import (
     Broker,

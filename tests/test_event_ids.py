@@ -24,7 +24,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
-from bridge.devbrokers.launcher import free_port
+from bridge.http.ports import free_port
 from bridge.kafka.client import create_topics_and_wait
 from bridge.kafka.event_ids import (
     config_problem,

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from bridge.devbrokers.launcher import free_port
+from bridge.http.ports import free_port
 from bridge.settings import Settings
 from tests.helpers import Broker, notification, process_env, wait_for_port
 from tests.traffic import BridgeProcess, Landed, Load, assert_kept

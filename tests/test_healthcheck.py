@@ -11,7 +11,7 @@ import pytest
 import trustme
 
 from bridge.commands.healthcheck import probe, url
-from bridge.devbrokers.launcher import free_port
+from bridge.http.ports import free_port
 from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import Settings, load_settings
 from tests.helpers import run_server

@@ -25,8 +25,8 @@ import pytest
 import trustme
 import yaml
 
-from bridge.devbrokers.launcher import free_port
 from bridge.http.app import WEBHOOK_PATH
+from bridge.http.ports import free_port
 from bridge.settings import Settings
 from tests.container import (
     SIZE_BUDGET_MB,

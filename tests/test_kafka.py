@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from bridge.commands.tail import Decoder
-from bridge.devbrokers.launcher import free_port
 from bridge.http.app import WEBHOOK_PATH
+from bridge.http.ports import free_port
 from bridge.kafka.client import (
     Creation,
     TopicSpec,

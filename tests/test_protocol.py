@@ -21,8 +21,8 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from bridge.devbrokers.launcher import free_port
 from bridge.http.app import WEBHOOK_PATH
+from bridge.http.ports import free_port
 from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import Settings, load_settings
 from tests.helpers import consume, process_env, run_server, sample

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from bridge.devbrokers.launcher import free_port
 from bridge.errors import BrokerUnavailable, PublishError
+from bridge.http.ports import free_port
 from bridge.kafka.client import create_topics_and_wait
 from bridge.kafka.publish import KafkaPublisher, MemoryPublisher, Publisher
 from bridge.notifications.record import Record

@@ -29,9 +29,9 @@ from bridge.codec.registry import (
 )
 from bridge.codec.schemas import load_schemas
 from bridge.commands.tail import Decoder
-from bridge.devbrokers.launcher import free_port
 from bridge.errors import ConfigError, RegistryError
 from bridge.http.app import WEBHOOK_PATH, create_app
+from bridge.http.ports import free_port
 from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import Settings, load_settings
 from tests.helpers import Broker, RunningRegistry, sample, sample_bytes, serve_in_thread

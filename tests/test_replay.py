@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from bridge.commands.replay import read_archive, to_kafka, to_url
-from bridge.devbrokers.launcher import free_port
+from bridge.http.ports import free_port
 from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import Settings, load_settings
 from tests.helpers import Broker, run_server, sample

@@ -12,9 +12,9 @@ from bridge.notifications.routing import (
     all_topics,
     dead_letter_headers,
     headers_for,
-    timestamp,
     topic_for,
 )
+from bridge.telemetry.logs import timestamp
 from tests.helpers import sample_bytes
 
 

@@ -15,9 +15,9 @@ import pytest
 import trustme
 from starlette.testclient import TestClient
 
-from bridge.devbrokers.launcher import free_port
 from bridge.errors import ConfigError
 from bridge.http.app import WEBHOOK_PATH, create_app
+from bridge.http.ports import free_port
 from bridge.kafka.client import kafka_options
 from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import load_settings

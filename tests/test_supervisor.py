@@ -36,7 +36,11 @@ def test_the_server_runs_an_app_or_its_factory_with_bridges_limits() -> None:
     config = server_config(settings, app)
     assert (config.app, config.factory, config.port) == (app, False, 9999)
     assert config.timeout_graceful_shutdown == 5  # the ack budget, rounded up, and 2 s
-    assert config.http is BridgeProtocol  # it holds BRIDGE_MAX_CONNECTIONS and the deadlines
+    # Each connection a BridgeProtocol, all of the server's sharing one Doors with its limits.
+    assert config.http.func is BridgeProtocol  # type: ignore[union-attr]
+    doors = config.http.keywords["doors"]  # type: ignore[union-attr]
+    assert doors.limits.max_connections == 7
+    assert doors.limits.body_timeout == settings.body_timeout + 1.0
     assert config.limit_concurrency is None
     assert not config.access_log
     assert config.log_config is None  # one process: `bridge serve` configured logging

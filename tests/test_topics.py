@@ -23,8 +23,9 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.protocol.admin import CreateAclsRequest
 
-from bridge.devbrokers.launcher import KafkaCluster, KafkaSecurity, free_port, kafka_missing
+from bridge.devbrokers.launcher import KafkaCluster, KafkaSecurity, kafka_missing
 from bridge.errors import PublishRefused, TopicUnavailable
+from bridge.http.ports import free_port
 from bridge.kafka.client import consume_until_idle, create_topics_and_wait
 from bridge.kafka.publish import Delivery, MemoryPublisher
 from bridge.kafka.topics import create_command, ensure_topics

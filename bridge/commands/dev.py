@@ -14,9 +14,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from bridge.devbrokers.launcher import EmbeddedBroker, KafkaCluster, free_port, kafka_missing
+from bridge.devbrokers.launcher import EmbeddedBroker, KafkaCluster, kafka_missing
 from bridge.errors import BrokerUnavailable
 from bridge.http.app import WEBHOOK_PATH
+from bridge.http.ports import free_port
 from bridge.http.supervisor import run
 from bridge.kafka.client import create_topics_and_wait
 from bridge.kafka.event_ids import ensure_topic, event_ids_topic

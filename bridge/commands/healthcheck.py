@@ -13,12 +13,13 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from typing import Final
 
 from bridge.errors import ConfigError
 from bridge.settings import Settings, load_settings
 
 # A server bound to every address is asked on loopback: the probe runs beside it.
-_ANY = {"", "0.0.0.0", "::", "[::]"}
+_ANY: Final = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 
 def url(settings: Settings) -> str:

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypedDict
+from typing import Final, TypedDict
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -25,15 +25,14 @@ from bridge.kafka.publish import Publisher
 from bridge.pipeline import Pipeline
 from bridge.settings import Settings, load_settings
 from bridge.telemetry.logs import request_id
+from bridge.telemetry.metrics import Metrics
 
 logger = logging.getLogger("bridge.notification")
 
 WEBHOOK_PATH = "/webhooks/airudder"
 _EMPTY_OBJECT = b"{}"
-_ID_PREFIX = uuid.uuid4().hex[:12]
-_ids = itertools.count(1)
 OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()
-_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_ANY_METHOD: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 class State(TypedDict):
@@ -47,8 +46,14 @@ def _not_found() -> Response:
     return PlainTextResponse("Not Found", status_code=404)
 
 
-def create_app(settings: Settings | None = None, publisher: Publisher | None = None) -> Starlette:
-    """Build the service. Settings default to the `BRIDGE_*` environment."""
+def create_app(
+    settings: Settings | None = None,
+    publisher: Publisher | None = None,
+    *,
+    metrics: Metrics | None = None,
+) -> Starlette:
+    """Build the service. Settings default to the `BRIDGE_*` environment; `metrics` are the
+    process's when its server counts into them too (`http.supervisor.serving`)."""
     settings = settings or load_settings()
     require_credentials(settings)
     guard = Guard(settings)
@@ -56,14 +61,14 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[State]:
         # Everything with a lifetime is built, started and stopped by the container.
-        container = Container(settings, publisher)
+        container = Container(settings, publisher, metrics)
         await container.start()
         try:
             yield {"pipeline": container.pipeline, "settings": settings, "guard": guard}
         finally:
             await container.stop()
 
-    webhook = _Webhook()
+    webhook = _Webhook(_RequestIds())
     return Starlette(
         routes=[
             # Every method: without a token, even the method must not tell that the path exists.
@@ -71,7 +76,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
             Route(WEBHOOK_PATH + "/{token}", webhook, methods=_ANY_METHOD),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
+            Route("/metrics", exposition, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers={BridgeError: bridge_error},
@@ -83,10 +88,13 @@ class _Webhook:
     """The webhook route as a plain ASGI app: the hot path, so no Request or Response objects
     are built for it (errors still go to `bridge_error` through Starlette's middleware)."""
 
+    def __init__(self, request_ids: _RequestIds) -> None:
+        self._request_id = request_ids
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.monotonic()
         headers = _headers(scope)
-        rid = _request_id(headers.get(b"x-request-id"))
+        rid = self._request_id(headers.get(b"x-request-id"))
         request_id.set(rid)
         state = scope["state"]
         pipeline: Pipeline = state["pipeline"]
@@ -158,11 +166,18 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
     return found
 
 
-def _request_id(given: bytes | None) -> str:
-    """The caller's X-Request-Id when it is a sane token, else a new one."""
-    if given and len(given) <= 64 and given.replace(b"-", b"").replace(b"_", b"").isalnum():
-        return given.decode("ascii")
-    return f"{_ID_PREFIX}{next(_ids):x}"  # unique per process start, and cheap
+class _RequestIds:
+    """The caller's X-Request-Id when it is a sane token, else a new one: unique per app
+    (a random prefix, then a counter), and cheap."""
+
+    def __init__(self) -> None:
+        self._prefix = uuid.uuid4().hex[:12]
+        self._next = itertools.count(1)
+
+    def __call__(self, given: bytes | None) -> str:
+        if given and len(given) <= 64 and given.replace(b"-", b"").replace(b"_", b"").isalnum():
+            return given.decode("ascii")
+        return f"{self._prefix}{next(self._next):x}"
 
 
 def _refuse(
@@ -255,7 +270,7 @@ async def openapi(_: Request) -> Response:
     return Response(OPENAPI, media_type="application/json")
 
 
-async def metrics(request: Request) -> Response:
+async def exposition(request: Request) -> Response:
     pipeline: Pipeline = request.state.pipeline
     content, media_type = pipeline.metrics.exposition(pipeline)
     return Response(content, media_type=media_type)

@@ -25,18 +25,18 @@ override per chunk received and none per request; deadlines kept by one sweep pe
 fraction of a second, not a timer per request; the answer watched only for a request whose
 body is still coming when its first chunk has been read.
 
-The limits are the app's settings, found in the lifespan state uvicorn hands every protocol
-(so each worker follows its own app); an app without them (the benchmark's ceiling) gets the
-defaults.
+The limits and the counters are handed in by `protocol_for`, once per server: the protocol
+reads nothing of the app's (each worker builds its own server, app and metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
-import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from prometheus_client import Counter, Gauge
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -71,7 +71,7 @@ REASONS = (
     EARLY_ANSWER,
     BAD_REQUEST,
 )
-_BY_STATUS = {408: BODY_TIMEOUT, 413: BODY_TOO_LARGE}
+_BY_STATUS: Final = {408: BODY_TIMEOUT, 413: BODY_TOO_LARGE}
 # The webhook's own 408 comes first; this only closes a connection whose app gave none.
 BODY_GRACE = 1.0
 _NEVER = math.inf
@@ -113,7 +113,7 @@ _TIMEOUT = _answer(408, "Request Timeout")
 
 class ConnectionMetrics(Protocol):
     """What the doors count into (`telemetry.metrics.Metrics` has both): a narrow view, so this
-    module needs no import of the metrics module, which imports its reasons from here."""
+    module needs no import of the metrics module, nor that one of the reasons here."""
 
     connections_closed: Counter
     connections: Gauge
@@ -130,6 +130,9 @@ class Doors:
         self._closed = None if metrics is None else metrics.connections_closed
         self._gauge = None if metrics is None else metrics.connections
         self._sweeping: asyncio.TimerHandle | None = None
+        if self._closed is not None:
+            for reason in REASONS:  # each shown from the start, at 0
+                self._closed.labels(reason)
 
     def enter(self, connection: BridgeProtocol) -> str | None:
         """Admit a new connection, making room for it; the reason when there is none."""
@@ -177,21 +180,12 @@ class Doors:
         self._sweeping = any_open.loop.call_later(self.limits.sweep_every, self._sweep)
 
 
-# One `Doors` per uvicorn server (tests run several in one process; workers one each).
-_DOORS: weakref.WeakKeyDictionary[ServerState, Doors] = weakref.WeakKeyDictionary()
-
-
-def _doors(server_state: ServerState, app_state: dict[str, Any]) -> Doors:
-    doors = _DOORS.get(server_state)
-    if doors is None:
-        settings = app_state.get("settings")
-        if not isinstance(settings, Settings):
-            settings = Settings.model_construct()  # the defaults, without reading BRIDGE_*
-        pipeline = app_state.get("pipeline")
-        doors = _DOORS[server_state] = Doors(
-            Limits.of(settings), getattr(pipeline, "metrics", None)
-        )
-    return doors
+def protocol_for(
+    limits: Limits, metrics: ConnectionMetrics | None = None
+) -> Callable[..., BridgeProtocol]:
+    """What uvicorn builds each connection of one server with (its `http`): every connection
+    of the server shares one `Doors`, with these limits and counters."""
+    return functools.partial(BridgeProtocol, doors=Doors(limits, metrics))
 
 
 class BridgeProtocol(HttpToolsProtocol):
@@ -201,9 +195,11 @@ class BridgeProtocol(HttpToolsProtocol):
         server_state: ServerState,
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        doors: Doors,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.doors = _doors(server_state, app_state)
+        self.doors = doors
         self.address = ""
         self.due = _NEVER  # when the current phase must be over (loop time)
         self._head_bytes = 0  # of the request line and headers being read

@@ -6,6 +6,7 @@ environment, and builds its own app from it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -26,12 +27,13 @@ from prometheus_client.multiprocess import mark_process_dead
 from uvicorn._types import ASGIApplication
 from uvicorn.config import STARTUP_FAILURE  # a worker that could not start
 
-from bridge.devbrokers.launcher import free_port
 from bridge.http.app import create_app
-from bridge.http.protocol import BridgeProtocol
+from bridge.http.ports import free_port
+from bridge.http.protocol import ConnectionMetrics, Limits, protocol_for
+from bridge.kafka.publish import Publisher
 from bridge.settings import Settings
 from bridge.telemetry.logs import dict_config
-from bridge.telemetry.metrics import MULTIPROCESS_DIR
+from bridge.telemetry.metrics import MULTIPROCESS_DIR, Metrics
 
 APP = "bridge.http.app:create_app"
 lifecycle = logging.getLogger("bridge.lifecycle")
@@ -77,8 +79,19 @@ def graceful_seconds(settings: Settings) -> int:
     return math.ceil(settings.ack_timeout) + 2
 
 
-def server_config(settings: Settings, app: ASGIApplication | str = APP) -> uvicorn.Config:
-    """How bridge runs under uvicorn; tests run the same configuration."""
+def serving(settings: Settings, publisher: Publisher | None = None) -> uvicorn.Config:
+    """One process's server and app, counting into the same metrics (the app's pipeline and
+    the server's connections): what `bridge serve` runs, in each worker; tests run it too."""
+    metrics = Metrics()
+    app = create_app(settings, publisher, metrics=metrics)
+    # uvicorn's ASGI type is narrower than Starlette's.
+    return server_config(settings, cast("ASGIApplication", app), metrics)
+
+
+def server_config(
+    settings: Settings, app: ASGIApplication | str = APP, metrics: ConnectionMetrics | None = None
+) -> uvicorn.Config:
+    """How bridge runs under uvicorn, for `app` (its connections counted into `metrics`)."""
     return uvicorn.Config(
         app,
         factory=isinstance(app, str),
@@ -93,7 +106,7 @@ def server_config(settings: Settings, app: ASGIApplication | str = APP) -> uvico
         # Requests in flight are done (stored or spooled) within the ack budget.
         timeout_graceful_shutdown=graceful_seconds(settings),
         # Deadlines and limits on each connection, BRIDGE_MAX_CONNECTIONS among them.
-        http=BridgeProtocol,
+        http=cast("type[asyncio.Protocol]", protocol_for(Limits.of(settings), metrics)),
         timeout_keep_alive=settings.keep_alive_timeout,
         ws="none",  # no websocket routes; an upgraded connection would escape the deadlines
         server_header=False,
@@ -107,7 +120,7 @@ def server_config(settings: Settings, app: ASGIApplication | str = APP) -> uvico
 def run(settings: Settings) -> int:
     """Serve until SIGTERM or SIGINT; the exit status."""
     if settings.workers == 1:
-        Server(server_config(settings, _app(settings))).run()
+        Server(serving(settings)).run()
         return 0
     # Several processes, each building its own app (and taking its own spool file); metrics
     # added up across them (prometheus-client reads its directory from the environment).
@@ -115,10 +128,6 @@ def run(settings: Settings) -> int:
     if settings.port == 0:  # one port for all: chosen here
         settings = settings.model_copy(update={"port": free_port()})
     return supervise(settings)
-
-
-def _app(settings: Settings) -> ASGIApplication:
-    return cast("ASGIApplication", create_app(settings))  # uvicorn's ASGI type is narrower
 
 
 def restart_delay(previous: float, lived: float) -> float:
@@ -229,7 +238,7 @@ def work(
 ) -> None:
     """One worker process: its own socket on the shared port, its own app; it stops by itself
     when `supervisor` (the pid of its parent) is gone."""
-    config = server_config(settings, _app(settings))  # logging configured here too
+    config = serving(settings)  # logging configured here too
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

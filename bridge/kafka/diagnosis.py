@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any
+from typing import Any, Final
 
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import (
@@ -26,20 +26,26 @@ from bridge.kafka.client import kafka_options
 from bridge.settings import Settings
 
 # OpenSSL's verify codes for a certificate that is valid but names another host or address.
-_NAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+_NAME_MISMATCH: Final = frozenset(
+    {62, 64}
+)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 # The alerts a server sends when it refuses the client's certificate (or gets none): Java's
 # broker sends bad_certificate without one and certificate_unknown for an untrusted one.
-_CLIENT_CERTIFICATE_REFUSED = {
-    "SSLV3_ALERT_BAD_CERTIFICATE",
-    "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED",
-    "SSLV3_ALERT_CERTIFICATE_REVOKED",
-    "TLSV1_ALERT_UNKNOWN_CA",
-    "TLSV13_ALERT_CERTIFICATE_REQUIRED",
-}
+_CLIENT_CERTIFICATE_REFUSED: Final = frozenset(
+    {
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+    }
+)
 # The first bytes answered by a listener of another protocol: TLS to a plain listener
 # (a reset, or a record that is not TLS), plain to a TLS listener (closed unanswered).
-_OTHER_PROTOCOL = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"}
+_OTHER_PROTOCOL: Final = frozenset(
+    {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"}
+)
 
 
 async def check_connection(settings: Settings) -> None:

@@ -9,7 +9,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
@@ -43,7 +43,7 @@ _WEDGED = (OutOfOrderSequenceNumber, InvalidProducerEpoch, ProducerFenced)
 # Why the broker refuses a write, as a bounded label; any other error it does not retry is
 # "other". (UnknownTopicOrPartition is retried by aiokafka until the ack budget runs out: a
 # deleted topic is found by `bridge.kafka.topics` instead.)
-REFUSALS: dict[type[KafkaError], str] = {
+REFUSALS: Final[dict[type[KafkaError], str]] = {
     kafka_errors.TopicAuthorizationFailedError: "topic_authorization",
     kafka_errors.ClusterAuthorizationFailedError: "cluster_authorization",
     kafka_errors.TransactionalIdAuthorizationFailed: "cluster_authorization",

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import math
-import time
 
 from bridge.codec.schemas import Schema
 from bridge.notifications.parse import TYPES, Notification
 from bridge.notifications.record import Headers
+from bridge.telemetry.logs import timestamp
 
 DLQ: str = "dlq"
 
@@ -20,22 +18,6 @@ def topic_for(prefix: str, kind: str) -> str:
 
 def all_topics(prefix: str) -> list[str]:
     return [topic_for(prefix, kind) for kind in (*TYPES, DLQ)]
-
-
-def timestamp(when: float) -> str:
-    """RFC 3339, UTC, milliseconds: the form of the `received-at` header. The same text as
-    `datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")` (microseconds
-    rounded, then milliseconds cut), with the seconds part formatted once per second."""
-    fraction, whole = math.modf(when)
-    micros = round(fraction * 1_000_000)
-    if micros >= 1_000_000:
-        whole, micros = whole + 1, micros - 1_000_000
-    return f"{_second(int(whole))}.{micros // 1000:03d}Z"
-
-
-@functools.lru_cache(maxsize=4)
-def _second(whole: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 def headers_for(notification: Notification, schema: Schema, received_at: float) -> Headers:

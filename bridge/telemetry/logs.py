@@ -7,10 +7,11 @@ request_id. Never a body, never a token (bridge logs no paths).
 
 from __future__ import annotations
 
-import atexit
 import collections
 import contextvars
+import functools
 import logging
+import math
 import sys
 import threading
 import time
@@ -18,10 +19,27 @@ from typing import Any, Final
 
 import orjson
 
-from bridge.notifications.routing import timestamp
 from bridge.settings import Settings
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+def timestamp(when: float) -> str:
+    """RFC 3339, UTC, milliseconds: the time of a log line, and the form of the `received-at`
+    header (`notifications.routing`). The same text as
+    `datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")` (microseconds
+    rounded, then milliseconds cut), with the seconds part formatted once per second."""
+    fraction, whole = math.modf(when)
+    micros = round(fraction * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    return f"{_second(int(whole))}.{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
 
 # Fields of a record that are Python's own, not ours.
 _STANDARD: Final = frozenset(logging.makeLogRecord({}).__dict__) | {
@@ -73,18 +91,17 @@ class _Writer(threading.Thread):
     has gathered every `interval`, at once for a warning or worse. When it cannot keep up,
     lines are dropped and counted, memory is not."""
 
-    dropped = 0
-
     def __init__(self, handler: logging.Handler, limit: int, interval: float = 0.05) -> None:
         super().__init__(name="bridge-log-writer", daemon=True)
         self.handler, self.limit, self.interval = handler, limit, interval
+        self.dropped = 0
         self.records: collections.deque[logging.LogRecord] = collections.deque()
         self.wake = threading.Event()
         self.stopping = False
 
     def put(self, record: logging.LogRecord) -> None:
         if len(self.records) >= self.limit:
-            _Writer.dropped += 1
+            self.dropped += 1
             return
         self.records.append(record)
         if record.levelno >= logging.WARNING:
@@ -120,7 +137,9 @@ class _Writer(threading.Thread):
 
 
 class _Enqueue(logging.Handler):
-    """Hands records, as they are, to the writer thread."""
+    """Hands records, as they are, to its writer thread; closing it (as `logging.shutdown`
+    does at exit, and `dictConfig` or `configure_logging` for the handlers they replace)
+    writes what is queued and stops the thread."""
 
     def __init__(self, writer: _Writer) -> None:
         super().__init__()
@@ -134,6 +153,11 @@ class _Enqueue(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.writer.put(record)
+
+    def close(self) -> None:
+        if self.writer.is_alive():
+            self.writer.stop()
+        super().close()
 
 
 class Throttle(logging.Filter):
@@ -160,22 +184,14 @@ class Throttle(logging.Filter):
         return True
 
 
-_writer: _Writer | None = None
 QUEUE_SIZE: Final = 10_000
-
-
-@atexit.register
-def stop_writer() -> None:
-    """Write what is queued and stop the writer thread (also at exit)."""
-    global _writer  # noqa: PLW0603
-    if _writer is not None:
-        _writer.stop()
-        _writer = None
 
 
 def configure_logging(settings: Settings, *, json: bool | None = None) -> None:
     """Logging of this process: root to the writer thread, at BRIDGE_LOG_LEVEL."""
     root = logging.getLogger()
+    for replaced in root.handlers:  # one writer thread per process: the previous one stops
+        replaced.close()
     root.handlers[:] = [writer_handler(json)]
     root.setLevel(settings.log_level.upper())
     _quiet(root.level)
@@ -194,8 +210,7 @@ def dict_config(settings: Settings) -> dict[str, Any]:
 
 
 def writer_handler(json: bool | None = None) -> logging.Handler:
-    """A handler that queues records for this process's writer thread (started here)."""
-    global _writer  # noqa: PLW0603 - one writer thread per process
+    """A handler that queues records for a writer thread of its own (started here)."""
     # Fields our formatters never show, each a cost on every record (the logging HOWTO's
     # "Optimization" section): the caller's source line, thread, process (a system call).
     logging._srcfile = None  # noqa: SLF001 - documented as the way to skip findCaller
@@ -207,10 +222,9 @@ def writer_handler(json: bool | None = None) -> logging.Handler:
         if as_json
         else TextFormatter("%(asctime)s %(levelname)-7s %(name)s  %(message)s")
     )
-    stop_writer()
-    _writer = _Writer(handler, QUEUE_SIZE)
-    _writer.start()
-    enqueue = _Enqueue(_writer)
+    writer = _Writer(handler, QUEUE_SIZE)
+    writer.start()
+    enqueue = _Enqueue(writer)
     enqueue.addFilter(StampRequestId())
     _quiet(logging.WARNING)
     return enqueue

@@ -23,7 +23,6 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from bridge import __version__
-from bridge.http.protocol import REASONS
 
 # From a fast local ack (~1 ms) to the ack budget and the vendor's 10 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -94,8 +93,6 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        for reason in REASONS:  # each shown from the start, at 0
-            self.connections_closed.labels(reason)
         self.kafka_errors = Counter(
             "bridge_kafka_errors",
             "Kafka publishes that failed or timed out, by operation (publish, drain, event_ids).",
