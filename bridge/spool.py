@@ -75,6 +75,9 @@ RESERVE_BYTES = 512 * 1024
 # small disk fill with WAL that can then never be checkpointed: the checkpoint needs as much room
 # again in the main file).
 WAL_PAGES = 128
+# Below this much free room on its disk, the spool gives deleted entries' pages back to it after
+# each drain batch (the pages it keeps for later appends would leave the WAL no room to grow).
+TIGHT = RESERVE_BYTES + 2 * WAL_PAGES * 4096
 CHECK_TIMEOUT = 2.0  # seconds readiness waits for the spool's thread
 ENTRY_OVERHEAD = 64  # bytes counted per entry beyond its key and value (row, index, headers)
 
@@ -194,6 +197,7 @@ class Spool:
         self.reserve: Reserve | None = None
         self._replaced = False  # a file at our path that is not ours: never touched
         self._identity: dict[Path, tuple[int, int]] = {}
+        self._names: list[tuple[Path, str]] = []
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="spool")
         self._db: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
@@ -217,22 +221,36 @@ class Spool:
         self._executor.shutdown(wait=True)
 
     def _open(self) -> SpoolReport:
+        try:
+            return self._open_files()
+        except BaseException:
+            self._close()
+            raise
+
+    def _open_files(self) -> SpoolReport:
         problem = directory_problem(self.directory)
         if problem is not None and not problem.startswith("is full"):
             # (a full disk is a state the spool can serve in: it drains, and refuses appends)
             raise ConfigError(f"BRIDGE_SPOOL_DIR={self.directory} {problem}")
         self.path = self._claim_slot()
         report = SpoolReport()
+        self.reserve = Reserve(self.path.with_suffix(".reserve"), RESERVE_BYTES)
         try:
-            self._db = self._connect(self.path, check=True)
+            try:
+                self._db = self._connect(self.path, check=True)
+            except sqlite3.OperationalError as exc:
+                if not _disk_full(exc) or not self.path.with_suffix(".reserve").exists():
+                    raise
+                # Opening takes room too (the WAL and its index): the reserve is for this.
+                os.truncate(self.path.with_suffix(".reserve"), 2 * LEDGER_SLOT)
+                self._db = self._connect(self.path, check=True)
         except sqlite3.DatabaseError as exc:
-            if _disk_full(exc) or isinstance(exc, sqlite3.OperationalError):
+            if isinstance(exc, sqlite3.OperationalError):  # not the file's content: its disk
                 raise ConfigError(f"BRIDGE_SPOOL_DIR={self.directory}: {exc}") from None
             report.problems.append(f"spool file {self.path} is damaged: {exc}")
             report.salvaged_from = self._move_aside(self.path)
             self._db = self._connect(self.path, check=False)
             report.entries, report.lost = self._salvage(report.salvaged_from)
-        self.reserve = Reserve(self.path.with_suffix(".reserve"), RESERVE_BYTES)
         self.pending = self.reserve.open()
         if not self.reserve.whole:
             self._set_problem("disk full: no room for the spool's reserve", "disk_full")
@@ -371,10 +389,13 @@ class Spool:
         ]
 
     def _stat(self) -> dict[Path, tuple[int, int]]:
+        # On every write: plain os.stat of names built once (pathlib's cost twice the stats).
+        if not self._names:
+            self._names = [(path, str(path)) for path in self._files()]
         found = {}
-        for path in self._files():
+        for path, name in self._names:
             with contextlib.suppress(FileNotFoundError):
-                stat = path.stat()
+                stat = os.stat(name)  # noqa: PTH116 - see above
                 found[path] = (stat.st_dev, stat.st_ino)
         return found
 
@@ -618,7 +639,7 @@ class Spool:
         # (The ledger keeps these seqs until the next record: deleting them again is harmless,
         # seqs are never reused.)
         self.pending.clear()
-        if not self.reserve.whole:
+        if not self.reserve.whole or _free_bytes(self.directory) < TIGHT:
             self._compact()
 
     def _compact(self) -> None:
@@ -626,7 +647,8 @@ class Spool:
         assert self.reserve is not None  # noqa: S101 - open
         db = self._conn()
         with contextlib.suppress(sqlite3.Error):
-            db.execute("PRAGMA incremental_vacuum").fetchall()
+            # (executescript: each step of this pragma frees one page, and execute takes one)
+            db.executescript("PRAGMA incremental_vacuum;")
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         if self.reserve.restore():
             logger.warning("the spool's reserve is whole again")

@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
-from bridge.errors import SpoolFull
+from bridge.errors import ConfigError, SpoolError, SpoolFull
 from bridge.record import Record
-from bridge.spool import Spool
+from bridge.spool import Spool, SpoolEntry, directory_problem
+from tests.helpers import fill_disk, tmpfs
 
 
 async def opened(directory: Path, max_bytes: int = 10_000_000) -> Spool:
@@ -146,3 +152,193 @@ async def test_a_damaged_file_is_moved_aside_and_what_is_readable_is_kept(
     assert [int(e.record.value[:3]) for e in kept] == sorted(int(e.record.value[:3]) for e in kept)
     await again.append(Record("t", b"new", b"still works", []))
     await again.close()
+
+
+# --- its own disk's faults, on real filesystems ----------------------------------------------
+
+
+def entry(i: int) -> Record:
+    """An entry of about the size of the vendor's call notification in Avro (5 kB)."""
+    return Record("t.call", b"case-%d" % (i % 7), b"%06d" % i + os.urandom(5000), [])
+
+
+async def fill(spool: Spool, first: int = 0) -> int:
+    """Append until the spool refuses; how many it took."""
+    i = first
+    while True:
+        try:
+            await spool.append(entry(i))
+        except SpoolError:
+            return i - first
+        i += 1
+
+
+def number(e: SpoolEntry) -> int:
+    return int(e.record.value[:6])
+
+
+async def test_a_full_disk_drains_to_the_end_without_sending_an_entry_twice(
+    tmp_path: Path,
+) -> None:
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        spool = await opened(disk, max_bytes=1024**3)  # the disk fills long before the limit
+        stored = await fill(spool)
+        assert stored > 100
+        assert spool.problem is not None
+        assert "disk full" in (await spool.check() or "")
+        assert spool.faults["disk_full"] >= 1
+        sent: list[int] = []
+        while spool.depth:
+            batch = await spool.head(50)
+            assert batch
+            sent += [number(e) for e in batch]
+            await spool.remove(batch)
+        assert sent == list(range(stored))  # each once, in order
+        assert spool.pending == set()
+        assert await spool.check() is None  # its reserve taken again: it takes writes
+        assert spool.writable
+        assert await fill(spool, stored) > 50
+        await spool.close()
+
+
+async def test_sent_entries_the_full_disk_keeps_are_not_sent_again_even_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        spool = await opened(disk, max_bytes=1024**3)
+        stored = await fill(spool)
+        assert spool.reserve is not None
+        spool.reserve.release()  # someone else takes even the reserve's room
+        filler = disk / "filler"
+        fill_disk(filler)
+        first = await spool.head(30)
+        with pytest.raises(SpoolError, match="full"):
+            await spool.remove(first)  # in Kafka, but the delete cannot be written
+        assert len(spool.pending) == 30
+        assert spool.depth == stored - 30
+        again = await spool.head(30)
+        assert [number(e) for e in again] == list(range(30, 60))  # not the first 30 again
+        await spool.close()  # (as a crash: the delete never happened)
+        with sqlite3.connect(disk / "spool-0.sqlite3") as db:
+            assert db.execute("SELECT count(*) FROM spool").fetchone()[0] == stored
+
+        filler.unlink()
+        restarted = await opened(disk, max_bytes=1024**3)
+        assert restarted.depth == stored - 30
+        assert [number(e) for e in await restarted.head(3)] == [30, 31, 32]
+        assert restarted.pending == set()  # the recorded ones are deleted at start
+        await restarted.close()
+        with sqlite3.connect(disk / "spool-0.sqlite3") as db:
+            assert db.execute("SELECT count(*) FROM spool").fetchone()[0] == stored - 30
+
+
+async def test_a_deleted_spool_file_is_rebuilt_before_the_write_is_acknowledged(
+    tmp_path: Path,
+) -> None:
+    spool = await opened(tmp_path)
+    for i in range(3):
+        await spool.append(entry(i))
+    assert spool.path is not None
+    before = spool.path.stat().st_ino
+    for file in tmp_path.glob("spool-0*"):  # an operator's rm, a tmp cleaner
+        file.unlink()
+    await spool.append(entry(3))  # acknowledged: it is in the file at the path
+    assert spool.path.stat().st_ino != before
+    assert spool.faults["file_deleted"] == 1
+    assert await spool.check() is None
+    await spool.append(entry(4))
+    await spool.close()
+    again = await opened(tmp_path)  # what a crash would find
+    assert [number(e) for e in await again.head(10)] == [0, 1, 2, 3, 4]
+    await again.close()
+
+
+async def test_a_deletion_is_noticed_by_readiness_while_nothing_is_written(
+    tmp_path: Path,
+) -> None:
+    spool = await opened(tmp_path)
+    await spool.append(entry(0))
+    assert spool.path is not None
+    spool.path.with_name(spool.path.name + "-wal").unlink()
+    assert await spool.check() is None  # rebuilt
+    assert spool.faults["file_deleted"] == 1
+    await spool.close()
+    again = await opened(tmp_path)
+    assert again.depth == 1
+    await again.close()
+
+
+async def test_a_replaced_spool_file_is_left_alone_and_writes_are_refused(tmp_path: Path) -> None:
+    spool = await opened(tmp_path)
+    for i in range(3):
+        await spool.append(entry(i))
+    assert spool.path is not None
+    stranger = tmp_path / "stranger.sqlite3"
+    with sqlite3.connect(stranger) as db:
+        db.execute("CREATE TABLE t (x)")
+    stranger.replace(spool.path)
+    with pytest.raises(SpoolError, match="replaced"):
+        await spool.append(entry(3))
+    assert spool.depth == 3  # the refused write is not waiting
+    assert "replaced" in (await spool.check() or "")
+    assert spool.faults["file_replaced"] == 1
+    assert [number(e) for e in await spool.head(10)] == [0, 1, 2]  # still drained
+    await spool.close()
+
+
+@pytest.mark.parametrize(
+    ("setup", "problem"),
+    [
+        ("read-only", "is on a read-only filesystem"),
+        ("file", "is not a directory"),
+        ("full", "is full"),
+        ("under-a-file", "cannot be created"),
+    ],
+)
+async def test_a_spool_directory_that_cannot_hold_a_spool_is_named_at_start(
+    tmp_path: Path, setup: str, problem: str
+) -> None:
+    directory = tmp_path / "spool"
+    with contextlib.ExitStack() as stack:
+        if setup == "read-only":
+            stack.enter_context(tmpfs(directory, "1m", read_only=True))
+        elif setup == "full":
+            stack.enter_context(tmpfs(directory, "256k"))
+        elif setup == "file":
+            directory.write_text("")
+        else:
+            (tmp_path / "file").write_text("")
+            directory = tmp_path / "file" / "spool"
+        assert problem in (directory_problem(directory) or "")
+        if setup != "full":  # a full disk: the spool opens, drains, refuses appends
+            with pytest.raises(ConfigError, match=f"BRIDGE_SPOOL_DIR={directory} {problem}"):
+                await opened(directory)
+
+
+def test_a_filesystem_without_locking_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_locks(*_: object) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # as an NFS mount without its lock daemon
+    assert directory_problem(tmp_path) == (
+        "is on a filesystem without file locking (flock: No locks available)"
+    )
+
+
+async def test_the_file_check_costs_little_beside_the_fsync(tmp_path: Path) -> None:
+    spool = await opened(tmp_path)
+    await spool.append(entry(0))
+    rounds = 2000
+    started = time.perf_counter()
+    for _ in range(rounds):
+        spool._verify_files()
+    check = (time.perf_counter() - started) / rounds
+    started = time.perf_counter()
+    for i in range(50):
+        await spool.append(entry(i))
+    append = (time.perf_counter() - started) / 50
+    print(f"file check {check * 1e6:.1f} us, append {append * 1e6:.0f} us")
+    assert check < append / 10
+    await spool.close()
