@@ -285,11 +285,13 @@ class Spool:
 
     @staticmethod
     def _connect(path: Path, *, check: bool) -> sqlite3.Connection:
+        new = not path.exists() or path.stat().st_size == 0
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            # A new file only (it must precede the first table): deleted entries give their
-            # pages back to the disk, which a full disk needs (see `_compact`).
-            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            if new:  # (it must precede the first table; on an old file it would write to it)
+                # Deleted entries give their pages back to the disk, which a full disk needs
+                # (see `_compact`).
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
