@@ -138,9 +138,7 @@ def readable(path: Path) -> list[int]:
                 ).fetchone()
                 if row is not None and row[4] == zlib.crc32(
                     row[3],
-                    zlib.crc32(
-                        row[2], zlib.crc32(b"\x01" + row[1], zlib.crc32(row[0].encode()))
-                    ),
+                    zlib.crc32(row[2], zlib.crc32(b"\x01" + row[1], zlib.crc32(row[0].encode()))),
                 ):
                     found.append(int(row[2][:3]))
     return found
