@@ -235,22 +235,7 @@ class Spool:
         self.path = self._claim_slot()
         report = SpoolReport()
         self.reserve = Reserve(self.path.with_suffix(".reserve"), RESERVE_BYTES)
-        try:
-            try:
-                self._db = self._connect(self.path, check=True)
-            except sqlite3.OperationalError as exc:
-                if not _disk_full(exc) or not self.path.with_suffix(".reserve").exists():
-                    raise
-                # Opening takes room too (the WAL and its index): the reserve is for this.
-                os.truncate(self.path.with_suffix(".reserve"), 2 * LEDGER_SLOT)
-                self._db = self._connect(self.path, check=True)
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError):  # not the file's content: its disk
-                raise ConfigError(f"BRIDGE_SPOOL_DIR={self.directory}: {exc}") from None
-            report.problems.append(f"spool file {self.path} is damaged: {exc}")
-            report.salvaged_from = self._move_aside(self.path)
-            self._db = self._connect(self.path, check=False)
-            report.entries, report.lost = self._salvage(report.salvaged_from)
+        self._db = self._connect_or_salvage(self.path, report)
         self.pending = self.reserve.open()
         if not self.reserve.whole:
             self._set_problem("disk full: no room for the spool's reserve", "disk_full")
@@ -267,8 +252,33 @@ class Spool:
             self.oldest = created if self.oldest is None else self.oldest
         report.entries = self.depth
         report.quarantined = self._db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+        if self.depth == 0 and self._db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0:
+            # A file from before the spool gave pages back: converted while it is empty (only
+            # VACUUM can), or left as it is when the disk has no room for that.
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                self._db.execute("VACUUM")
         self._identity = self._stat()
         return report
+
+    def _connect_or_salvage(self, path: Path, report: SpoolReport) -> sqlite3.Connection:
+        try:
+            try:
+                return self._connect(path, check=True)
+            except sqlite3.OperationalError as exc:
+                if not _disk_full(exc) or not path.with_suffix(".reserve").exists():
+                    raise
+                # Opening takes room too (the WAL and its index): the reserve is for this.
+                os.truncate(path.with_suffix(".reserve"), 2 * LEDGER_SLOT)
+                return self._connect(path, check=True)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # not the file's content: its disk
+                raise ConfigError(f"BRIDGE_SPOOL_DIR={self.directory}: {exc}") from None
+            report.problems.append(f"spool file {path} is damaged: {exc}")
+            report.salvaged_from = self._move_aside(path)
+            self._db = self._connect(path, check=False)
+            report.entries, report.lost = self._salvage(report.salvaged_from)
+            return self._db
 
     def _claim_slot(self) -> Path:
         # One spool file per process; several workers take the first free slot each.

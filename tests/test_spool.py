@@ -363,3 +363,14 @@ async def test_the_file_check_costs_little_beside_the_fsync(tmp_path: Path) -> N
     print(f"file check {check * 1e6:.1f} us, append {append * 1e6:.0f} us")
     assert check < append / 10
     await spool.close()
+
+
+async def test_an_empty_file_of_an_older_bridge_learns_to_give_pages_back(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "spool-0.sqlite3") as db:  # as the spool made them before
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE seen (event_id TEXT PRIMARY KEY, stored REAL NOT NULL)")
+        db.execute("INSERT INTO seen VALUES ('e1', 1.0)")
+    spool = await opened(tmp_path)
+    assert spool._conn().execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    assert await remembered(spool, 0, 10) == [("e1", 1.0)]
+    await spool.close()
