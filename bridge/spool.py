@@ -438,16 +438,21 @@ class Spool:
             ", ".join(changed),
             database,
         )
-        if database not in now or wal not in now:
-            self._rebuild(database)
-        if lock not in now or now[lock] != self._identity[lock]:
-            self._relock(lock)
-        if reserve not in now or now[reserve] != self._identity[reserve]:
-            assert self.reserve is not None  # noqa: S101
-            self.reserve.close()
-            self.reserve = Reserve(reserve, RESERVE_BYTES)
-            self.reserve.open()
-            self.reserve.record(self.pending)
+        try:
+            if database not in now or wal not in now:
+                self._rebuild(database)
+            if lock not in now or now[lock] != self._identity[lock]:
+                self._relock(lock)
+            if reserve not in now or now[reserve] != self._identity[reserve]:
+                assert self.reserve is not None  # noqa: S101
+                self.reserve.close()
+                self.reserve = Reserve(reserve, RESERVE_BYTES)
+                self.reserve.open()
+                self.reserve.record(self.pending)
+        except (sqlite3.Error, OSError) as exc:
+            # Tried again at the next write or check; meanwhile nothing is acknowledged.
+            self._set_problem(f"spool files deleted, not rebuilt yet: {exc}", "write_error")
+            raise SpoolError(f"spool: {self.problem}") from exc
         self._identity = self._stat()
         logger.warning("spool %s rebuilt: %d entries waiting", database, self.depth)
 
@@ -463,15 +468,18 @@ class Spool:
         # the new file takes the name, so that no stale WAL is ever read beside it.
         db.close()
         self._db = None
-        for suffix in ("-wal", "-shm"):
-            database.with_name(database.name + suffix).unlink(missing_ok=True)
-        fresh.replace(database)
-        directory = os.open(self.directory, os.O_RDONLY)
         try:
-            os.fsync(directory)
+            for suffix in ("-wal", "-shm"):
+                database.with_name(database.name + suffix).unlink(missing_ok=True)
+            fresh.replace(database)
+            directory = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
         finally:
-            os.close(directory)
-        self._db = self._connect(database, check=False)
+            # The entries are in one of the two, fsynced: never left without a connection.
+            self._db = self._connect(database if database.exists() else fresh, check=False)
 
     def _relock(self, lock: Path) -> None:
         if self._lock is not None:
@@ -755,10 +763,7 @@ class Spool:
 
     def _health(self) -> str | None:
         assert self.reserve is not None  # noqa: S101 - open
-        with contextlib.suppress(SpoolError):
-            self._verify_files()
-        if self._replaced:
-            return self.problem
+        self._verify_files()  # (raises while a file is replaced, or deleted and not rebuilt)
         if self.pending:
             with contextlib.suppress(sqlite3.Error, OSError):
                 self._delete_pending()

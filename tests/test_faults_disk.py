@@ -225,15 +225,15 @@ async def test_a_damaged_spool_file_gives_back_every_entry_that_can_be_read(
     try:
         bridge.start()
         proxy.stop()
-        async with Load(bridge.url, cases=10, rate=40, limit=4, timeout=15) as load:
+        async with Load(bridge.url, cases=10, rate=40, limit=10, timeout=15) as load:
             sent = await load.done()
         assert await asyncio.to_thread(bridge.terminate) == 0
         spool_file = spool / "spool-0.sqlite3"
         size = spool_file.stat().st_size
-        with spool_file.open("r+b") as file:  # garbage over pages at two places
-            for where in (0.3, 0.7):
+        with spool_file.open("r+b") as file:  # garbage over a few pages at three places
+            for where in (0.25, 0.5, 0.75):
                 file.seek(int(size * where) // 4096 * 4096)
-                file.write(b"\xde\xad\xbe\xef" * 1024)
+                file.write(b"\xde\xad\xbe\xef" * 3 * 1024)
         readable = intact(spool_file)
         proxy.start()
         bridge.start()
