@@ -198,6 +198,7 @@ class Spool:
         self._replaced = False  # a file at our path that is not ours: never touched
         self._identity: dict[Path, tuple[int, int]] = {}
         self._names: list[tuple[Path, str]] = []
+        self._noticed: dict[Path, tuple[int, int]] | None = None  # the deletion last logged
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="spool")
         self._db: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
@@ -345,6 +346,13 @@ class Spool:
                 for (seq,) in source.execute(f"SELECT seq FROM spool ORDER BY seq {order}"):
                     seqs.add(seq)
         kept = lost = 0
+        if not seqs and last:
+            logger.error(
+                "no entry of %s could be reached by a scan: its entries up to seq %d are looked "
+                "up one by one, and those that fail counted lost (some may have been drained)",
+                damaged,
+                last,
+            )
         if seqs or last:
             # Then every seq in between by its own lookup: a scan stops at the first damaged
             # page, a lookup reaches each intact leaf through the tree. A seq whose lookup
@@ -417,11 +425,10 @@ class Spool:
         if self._replaced:
             raise SpoolError(self.problem or "spool file replaced")
         now = self._stat()
-        if now == self._identity:
-            return
-        assert self.path is not None  # noqa: S101
-        database, wal, lock, reserve = self._files()
         changed = [p.name for p in self._identity if now.get(p) != self._identity[p]]
+        if not changed:
+            return
+        database, wal, lock, reserve = self._files()
         if database in now and now[database] != self._identity[database]:
             self._replaced = True
             self.faults["file_replaced"] += 1
@@ -432,12 +439,14 @@ class Spool:
                 None,
             )
             raise SpoolError(self.problem or "")
-        self.faults["file_deleted"] += 1
-        logger.error(
-            "spool files deleted while serving (%s): rebuilding %s from the open file",
-            ", ".join(changed),
-            database,
-        )
+        if now != self._noticed:  # once per deletion, not at each retry of a rebuild
+            self._noticed = now
+            self.faults["file_deleted"] += 1
+            logger.error(
+                "spool files deleted while serving (%s): rebuilding %s from the open file",
+                ", ".join(changed),
+                database,
+            )
         try:
             if database not in now or wal not in now:
                 self._rebuild(database)

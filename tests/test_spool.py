@@ -391,6 +391,7 @@ async def test_deleted_files_that_cannot_be_rebuilt_yet_refuse_writes_until_they
         with pytest.raises(SpoolError, match="not rebuilt yet"):
             await spool.append(entry(100))
         assert "not rebuilt yet" in (await spool.check() or "")
+        assert spool.faults["file_deleted"] == 1  # one deletion, however often it is retried
         assert spool.depth == 100
         filler.unlink()
         assert await spool.check() is None  # rebuilt now
