@@ -75,6 +75,7 @@ RESERVE_BYTES = 512 * 1024
 # small disk fill with WAL that can then never be checkpointed: the checkpoint needs as much room
 # again in the main file).
 WAL_PAGES = 128
+DELETE_CHUNK = 50  # sent entries deleted per transaction (about 15 pages of WAL)
 # Below this much free room on its disk, the spool gives deleted entries' pages back to it after
 # each drain batch (the pages it keeps for later appends would leave the WAL no room to grow).
 TIGHT = RESERVE_BYTES + 2 * WAL_PAGES * 4096
@@ -652,22 +653,32 @@ class Spool:
         self._delete_pending()
 
     def _delete_pending(self) -> None:
+        """Delete the entries recorded as sent, a chunk per transaction: on a full disk each
+        chunk's WAL is checkpointed and truncated before the next, so the room a delete needs
+        is bounded by a chunk (500 entries of 5 kB in one transaction needed more than the
+        whole reserve)."""
         assert self.reserve is not None  # noqa: S101 - open
         seqs = sorted(self.pending)
-        try:
-            self._delete(seqs)
-        except sqlite3.Error as exc:
-            if not _disk_full(exc) or not self.reserve.whole:
-                raise
-            self._set_problem(f"disk full: {exc}", "disk_full")
-            logger.warning(
-                "disk full: the spool releases its reserve to delete %d sent entries", len(seqs)
-            )
-            self.reserve.release()
-            self._delete(seqs)
-        # (The ledger keeps these seqs until the next record: deleting them again is harmless,
-        # seqs are never reused.)
-        self.pending.clear()
+        for start in range(0, len(seqs), DELETE_CHUNK):
+            chunk = seqs[start : start + DELETE_CHUNK]
+            try:
+                self._delete(chunk)
+            except sqlite3.Error as exc:
+                if not _disk_full(exc) or not self.reserve.whole:
+                    raise
+                self._set_problem(f"disk full: {exc}", "disk_full")
+                logger.warning(
+                    "disk full: the spool releases its reserve to delete %d sent entries",
+                    len(seqs) - start,
+                )
+                self.reserve.release()
+                self._delete(chunk)
+            # (The ledger keeps these seqs until the next record: deleting them again is
+            # harmless, seqs are never reused.)
+            self.pending.difference_update(chunk)
+            if not self.reserve.whole:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         if not self.reserve.whole or _free_bytes(self.directory) < TIGHT:
             self._compact()
 

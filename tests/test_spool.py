@@ -210,7 +210,7 @@ async def test_a_full_disk_drains_to_the_end_without_sending_an_entry_twice(
         assert spool.faults["disk_full"] >= 1
         sent: list[int] = []
         while spool.depth:
-            batch = await spool.head(50)
+            batch = await spool.head(500)  # the drain's batch, one key each or not
             assert batch
             sent += [number(e) for e in batch]
             await spool.remove(batch)
