@@ -631,7 +631,9 @@ class Spool:
 
     async def remove(self, entries: Iterable[SpoolEntry]) -> None:
         """Entries Kafka acknowledged: recorded as sent, then deleted. When the delete fails
-        (SpoolError), they stay recorded: never sent again, nor counted as waiting."""
+        they stay recorded (`pending`): never sent again, nor counted as waiting, and deleted
+        later. SpoolError only when they could not be recorded (then this process alone
+        remembers them)."""
         done = list(entries)
         if not done:
             return
@@ -649,8 +651,14 @@ class Spool:
     def _remove(self, seqs: list[int]) -> None:
         assert self.reserve is not None  # noqa: S101 - open
         self.pending.update(seqs)
-        self.reserve.record(self.pending)
-        self._delete_pending()
+        self.reserve.record(self.pending)  # from here on, never sent again
+        try:
+            self._delete_pending()
+        except sqlite3.Error as exc:
+            # Recorded: the drain goes on (until the ledger is full), the delete is tried again
+            # at the next batch and at each check.
+            fault = "disk_full" if _disk_full(exc) else "write_error"
+            self._set_problem(f"{len(self.pending)} sent entries not deleted yet: {exc}", fault)
 
     def _delete_pending(self) -> None:
         """Delete the entries recorded as sent, a chunk per transaction: on a full disk each
