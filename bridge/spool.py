@@ -73,8 +73,9 @@ FULL_MARGIN = 64 * 1024  # readiness calls the spool full when less room than th
 RESERVE_BYTES = 512 * 1024
 # The WAL is checkpointed into the file every this many pages (SQLite's default, 1000, lets a
 # small disk fill with WAL that can then never be checkpointed: the checkpoint needs as much room
-# again in the main file).
-WAL_PAGES = 128
+# again in the main file). Measured with strace over 300 appends of 5 kB: 315 fdatasyncs with
+# the default, 334 with 256 pages, 352 with 128.
+WAL_PAGES = 256
 DELETE_CHUNK = 50  # sent entries deleted per transaction (about 15 pages of WAL)
 # Below this much free room on its disk, the spool gives deleted entries' pages back to it after
 # each drain batch (the pages it keeps for later appends would leave the WAL no room to grow).
