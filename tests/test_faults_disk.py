@@ -38,13 +38,14 @@ from tests.traffic import (
     Sent,
     assert_kept,
     full_disk,
+    late,
     readiness,
     scrape,
+    twice,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 logger = logging.getLogger(__name__)
-ACK_BUDGET = 4.9  # BRIDGE_ACK_TIMEOUT's default, 5 s, less what the clocks may differ
 
 
 @pytest.fixture
@@ -79,17 +80,6 @@ def bridge_on(
 
 async def landed(settings: Settings, broker: Broker) -> Landed:
     return Landed.of(await broker.consume([f"{settings.topic_prefix}call"], idle=2.0))
-
-
-def late(sent: list[Sent]) -> set[str]:
-    """Answered after the ack budget ran out (5 s): spooled while the producer still held them,
-    so Kafka may have them twice (the README's duplicates: not the disk's doing)."""
-    return {s.event_id for s in sent if s.acknowledged and s.seconds >= ACK_BUDGET}
-
-
-def twice(kafka: Landed, sent: list[Sent]) -> list[str]:
-    """The event ids in Kafka more than once that the disk is to blame for."""
-    return [e for e, n in kafka.counts.items() if n > 1 and e not in late(sent)]
 
 
 def report(fault: str, sent: list[Sent], kafka: Landed) -> None:

@@ -4,7 +4,8 @@ For the fault tests, whatever the broker: `Load` posts notifications for a numbe
 a steady rate (each case one request after another, as the vendor does) until it is stopped or
 its time bound runs out, and keeps every answer with its time; `Landed` holds the records read
 back (`tests.helpers.consume`) by event id, each key's records in partition order; `lost`,
-`order_broken` and `assert_kept` compare the two; `BridgeProcess` runs `bridge serve`, and
+`order_broken`, `assert_kept` and `twice` (duplicates not explained by a late answer) compare
+the two; `BridgeProcess` runs `bridge serve`, and
 `scrape` and `wait_drained` read the bridge's own figures from `/metrics`; `Proxy` stands
 between the bridge and the broker, to cut Kafka off; `full_disk` drives a bridge whose spool's
 disk is small through a full disk and back, wherever that bridge runs.
@@ -34,6 +35,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.broker import free_port
 from tests.helpers import notification, wait_for_port
+
+ACK_BUDGET = 4.9  # BRIDGE_ACK_TIMEOUT's default, 5 s, less what the clocks may differ
 
 
 def case_key(case: int) -> bytes:
@@ -249,6 +252,17 @@ def order_broken(sent: list[Sent], landed: Landed) -> list[str]:
         if len(landed.partitions.get(key, ())) > 1:
             problems.append(f"{key.decode()}: in {sorted(landed.partitions[key])}")
     return problems
+
+
+def late(sent: list[Sent]) -> set[str]:
+    """Answered after the ack budget ran out (5 s): spooled while the producer still held them,
+    so Kafka may have them twice (the README's duplicates: not the disk's doing)."""
+    return {s.event_id for s in sent if s.acknowledged and s.seconds >= ACK_BUDGET}
+
+
+def twice(kafka: Landed, sent: list[Sent]) -> list[str]:
+    """The event ids in Kafka more than once that the disk is to blame for."""
+    return [e for e, n in kafka.counts.items() if n > 1 and e not in late(sent)]
 
 
 def assert_kept(sent: list[Sent], landed: Landed) -> None:
