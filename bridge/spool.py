@@ -13,7 +13,7 @@ Its own disk's faults (see the README's delivery guarantees):
   records what was sent before it is deleted, so a drain never sends an entry twice; appends
   are refused (503) while the reserve is not whole;
 - its files deleted or replaced while serving: each write checks, after its commit, that the
-  files it wrote are still the ones at their paths (four `stat` calls, ~1 % of the fsync); a
+  files it wrote are still the ones at their paths (four `stat` calls, 1-3 % of the fsync); a
   deleted file is rebuilt from the open one (`VACUUM INTO`, fsync, rename) before the write
   is acknowledged; a replaced one is left alone and writes are refused;
 - a write that fails is answered 503, and readiness says why until a real write succeeds.
