@@ -273,6 +273,9 @@ class Pipeline:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await spool.appended.wait()
+                # Idle, its files are still watched (deleted ones rebuilt, said once) and
+                # what a full disk kept from being deleted is deleted once it can be.
+                await spool.check()
                 continue
             try:
                 await self.drain_once()
