@@ -130,6 +130,25 @@ async def test_readiness_names_the_failing_dependency(
     assert "closed" in checks["spool"]
 
 
+async def test_a_spool_that_cannot_write_is_not_ready_even_with_kafka_up(
+    publisher: SwitchablePublisher, tmp_path: Path
+) -> None:
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        settings = load_settings(topic_prefix="p.", spool_dir=disk)
+        spool = Spool(disk, settings.spool_max_bytes)
+        await spool.open()
+        await publisher.start()
+        pipeline = Pipeline(settings, publisher, spool=spool)
+        assert await pipeline.readiness() == (True, {"kafka": "ok", "topics": "ok", "spool": "ok"})
+        fill_disk(disk / "filler")
+        ready, checks = await pipeline.readiness()
+        assert (ready, checks["kafka"]) == (False, "ok")
+        assert checks["spool"].startswith("disk full"), checks
+        (disk / "filler").unlink()
+        assert await pipeline.readiness() == (True, {"kafka": "ok", "topics": "ok", "spool": "ok"})
+        await spool.close()
+
+
 async def test_a_drain_whose_deletes_the_full_disk_refuses_sends_nothing_twice(
     publisher: SwitchablePublisher, tmp_path: Path
 ) -> None:
