@@ -21,7 +21,7 @@ run: install  ## start the embedded broker and the bridge; Ctrl-C stops both
 
 # The unit tier: everything that starts no broker, no process, no JVM and no container
 # (tests/conftest.py fails a test of it that does). Under a minute with `make lint`.
-UNIT := not kafka and not apache and not process and not faults and not container
+UNIT := not kafka and not apache and not process and not faults and not container and not mount
 
 check: lint unit  ## lint, type check and the unit tier: what to run while working
 

@@ -27,6 +27,7 @@ from bridge.kafka.topics import ensure_topics
 from bridge.notifications.parse import TYPES
 from bridge.notifications.routing import DLQ
 from bridge.settings import Settings, load_settings
+from bridge.state.spool import directory_problem
 from bridge.telemetry.logs import configure_logging
 
 lifecycle = logging.getLogger("bridge.lifecycle")
@@ -183,7 +184,12 @@ def _serve(_: argparse.Namespace, settings: Callable[[], Settings]) -> int:
 
 
 async def _preflight(settings: Settings) -> None:
-    """Fail at start, with one clear line, when Kafka or the schema registry is not right."""
+    """Fail at start, with one clear line, when the spool's directory, Kafka or the schema
+    registry is not right."""
+    if settings.spool_dir is not None:
+        problem = directory_problem(settings.spool_dir)
+        if problem is not None:
+            raise ConfigError(f"BRIDGE_SPOOL_DIR={settings.spool_dir} {problem}")
     if settings.schema_registry_url:
         registry = SchemaRegistry(settings)
         try:

@@ -273,6 +273,9 @@ class Pipeline:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await spool.appended.wait()
+                # Idle, its files are still watched (deleted ones rebuilt, said once) and
+                # what a full disk kept from being deleted is deleted once it can be.
+                await spool.check()
                 continue
             try:
                 await self.drain_once()
@@ -335,7 +338,10 @@ class Pipeline:
     # -- health -------------------------------------------------------------------------------
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        """Ready when a notification can be stored: Kafka reachable, or room in the spool."""
+        """Ready when a notification can be stored and a Kafka stall would not lose it: the
+        spool can take a write (Kafka itself may be away: the spool takes over), or, without
+        a spool, Kafka is reachable. A replica whose spool cannot write would answer 503 at
+        Kafka's first stall, so it leaves the rotation to the replicas that can."""
         kafka_problem = await self.publisher.check()
         checks = {"kafka": kafka_problem or "ok", "topics": await self.topics.check() or "ok"}
         if self.registry is not None:
@@ -346,7 +352,7 @@ class Pipeline:
             return kafka_problem is None, checks
         spool_problem = await self.spool.check()
         checks["spool"] = spool_problem or "ok"
-        return kafka_problem is None or spool_problem is None, checks
+        return spool_problem is None, checks
 
 
 def _writer(schema: Schema) -> Writer | None:

@@ -8,9 +8,9 @@ only Apache Kafka has (replication, SASL, TLS, ACLs) take `kafka_broker` or `kaf
 and are marked `apache`.
 
 Tiers (docs/development.md): a test that starts a broker, a process, a JVM or a container says
-so with a marker of its own (`kafka`, `apache`, `process`, `faults`, `container`); markers are
-declared, never guessed from fixture names. The rest is the unit tier (`make check`), and a
-guard here fails any test of it that starts a process anyway.
+so with a marker of its own (`kafka`, `apache`, `process`, `faults`, `container`, `mount`);
+markers are declared, never guessed from fixture names. The rest is the unit tier
+(`make check`), and a guard here fails any test of it that starts a process anyway.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from tests.registry_double import Registry
 BROKER_FIXTURES = {"broker", "kafka_settings", "server", "tansu_broker"}
 APACHE_FIXTURES = {"kafka_broker", "kafka_cluster"}
 # The markers of the tiers that may start processes; a test with none of them is a unit test.
-STARTING = ("kafka", "apache", "process", "faults", "container")
+STARTING = ("kafka", "apache", "process", "faults", "container", "mount")
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import errno
 import os
 import re
 import socket
@@ -47,6 +49,7 @@ __all__ = [
     "SwitchablePublisher",
     "broker_settings",
     "consume",
+    "fill_disk",
     "free_port",
     "notification",
     "process_env",
@@ -57,6 +60,7 @@ __all__ = [
     "sample_bytes",
     "serve_in_thread",
     "started",
+    "tmpfs",
     "wait_for",
     "wait_for_port",
 ]
@@ -238,6 +242,49 @@ class SwitchablePublisher(MemoryPublisher):
         if self.down:
             raise PublishError("broker unreachable")
         return await super().publish(record)
+
+
+# --- real filesystems -----------------------------------------------------------------------
+
+
+def _mount(*args: str) -> str | None:
+    """Run mount(8); None when it worked, else why not (one line)."""
+    if os.geteuid() != 0:
+        return "not root"
+    try:
+        result = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+    except OSError as exc:
+        return f"mount: {exc.strerror}"
+    return None if result.returncode == 0 else result.stderr.strip() or f"mount {args}: failed"
+
+
+@contextlib.contextmanager
+def tmpfs(directory: Path, size: str, *, read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of `size` (`2m`) mounted on `directory` for the test, unmounted after it.
+    Skips in one line where it cannot mount (not root), fails under CI=true (root)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    options = f"size={size},mode=0755" + (",ro" if read_only else "")
+    problem = _mount("-t", "tmpfs", "-o", options, "tmpfs", str(directory))
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the disk tests, but cannot mount a tmpfs: {problem}")
+        pytest.skip(f"disk tests mount a tmpfs: {problem}")
+    try:
+        yield directory
+    finally:
+        # Lazily: a process the test left behind must not keep the mount.
+        subprocess.run(["umount", "-l", str(directory)], check=False, capture_output=True)
+
+
+def fill_disk(path: Path) -> None:
+    """Write to `path` until its disk is full (a tmpfs: bounded by its size)."""
+    with path.open("ab", buffering=0) as file:
+        try:
+            while True:
+                file.write(bytes(64 * 1024))
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
 
 
 # --- the broker under test ------------------------------------------------------------------

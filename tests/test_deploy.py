@@ -230,6 +230,8 @@ def test_the_dashboard_and_the_alerts_query_metrics_bridge_exposes(tmp_path: Pat
         "BridgeSpoolNotDraining",
         "BridgeAckLatencyHigh",
         "BridgeNotReady",
+        "BridgeSpoolNotWritable",
+        "BridgeSpoolFilesLost",
     } <= alerts
 
 

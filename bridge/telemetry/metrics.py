@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Mapping
 from typing import Protocol
 
 from prometheus_client import (
@@ -27,6 +28,7 @@ from bridge import __version__
 # From a fast local ack (~1 ms) to the ack budget and the vendor's 10 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+SPOOL_FAULTS = ("disk_full", "write_error", "file_deleted", "file_replaced")
 
 
 class SpoolState(Protocol):
@@ -42,6 +44,12 @@ class SpoolState(Protocol):
     def oldest(self) -> float | None: ...
     @property
     def quarantined(self) -> int: ...
+    @property
+    def writable(self) -> bool: ...
+    @property
+    def pending(self) -> set[int]: ...
+    @property
+    def faults(self) -> Mapping[str, int]: ...
 
 
 class State(Protocol):
@@ -170,6 +178,28 @@ class Metrics:
         self.spool_quarantined = gauge(
             "bridge_spool_quarantined", "Damaged spool entries moved to quarantine since start."
         )
+        self.spool_writable = gauge(
+            "bridge_spool_writable",
+            "1 while the spool can take a write, 0 while it cannot (disk full, a write failed, "
+            "its file replaced): /readyz says why under checks.spool.",
+            "livemin",
+        )
+        self.spool_unremoved = gauge(
+            "bridge_spool_sent_unremoved",
+            "Spool entries Kafka acknowledged that the full disk has not let the spool delete "
+            "yet: recorded as sent, never sent again.",
+        )
+        self.spool_faults = Gauge(
+            "bridge_spool_disk_faults",
+            "Faults of the spool's disk since start, by fault: disk_full (a write or delete "
+            "found no room), write_error, file_deleted (rebuilt from the open file), "
+            "file_replaced (writes refused until restart).",
+            ["fault"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        for fault in SPOOL_FAULTS:  # each shown from the start, at 0
+            self.spool_faults.labels(fault)
 
     def count(self, kind: str, outcome: str, seconds: float) -> None:
         """One notification handled (label children cached: this is on every request)."""
@@ -198,6 +228,10 @@ class Metrics:
             age = 0.0 if spool.oldest is None else max(0.0, time.time() - spool.oldest)
             self.spool_age.set(age)
             self.spool_quarantined.set(spool.quarantined)
+            self.spool_writable.set(1 if spool.writable else 0)
+            self.spool_unremoved.set(len(spool.pending))
+            for fault in SPOOL_FAULTS:
+                self.spool_faults.labels(fault).set(spool.faults.get(fault, 0))
 
     def exposition(self, state: State) -> tuple[bytes, str]:
         self.refresh(state)
