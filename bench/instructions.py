@@ -76,10 +76,11 @@ def _collected(log: Path) -> int:
 _STAGES = """
 import sys
 from bench.bodies import stream
-from bridge.pipeline import Pipeline
+from bridge.container import build_pipeline
 from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import load_settings
-pipeline = Pipeline(load_settings(allow_unauthenticated=True, spool_dir=""), MemoryPublisher())
+settings = load_settings(allow_unauthenticated=True, spool_dir="")
+pipeline = build_pipeline(settings, MemoryPublisher())
 bodies = stream(sys.argv[1])
 for _ in range(int(sys.argv[2])):
     pipeline.prepare(next(bodies), "application/json", 0.0)

@@ -155,3 +155,24 @@ async def _bounded_close(topics: TopicWatch) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(2.0):
             await topics.close()
+
+
+def build_pipeline(
+    settings: Settings, publisher: Publisher, spool: Spool | None = None
+) -> Pipeline:
+    """A pipeline of its own, with what the container would give it short of the parts that
+    need a Kafka of bridge's own (the shared event ids, the topic watch's questions) and of a
+    registry: for `bridge replay --kafka`, tests and the bench. `spool` is opened and closed
+    by the caller."""
+    schemas = load_schemas()
+    return Pipeline(
+        settings,
+        publisher,
+        schemas=schemas,
+        codec=Codec(schemas),
+        spool=spool,
+        dedup=Deduplicator(settings.dedup_window, settings.dedup_max_entries, spool),
+        registry=None,
+        metrics=Metrics(),
+        topics=TopicWatch(settings, kafka=False),
+    )

@@ -23,9 +23,9 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.testclient import TestClient
 
+from bridge.container import build_pipeline
 from bridge.http.app import WEBHOOK_PATH, create_app
 from bridge.kafka.publish import MemoryPublisher
-from bridge.pipeline import Pipeline
 from bridge.settings import load_settings
 from tests.helpers import sample
 
@@ -46,7 +46,7 @@ class Harness:
             **extra,
         )
         self.app = create_app(self.settings, self.publisher)
-        self.pipeline = Pipeline(self.settings, MemoryPublisher())  # to compute event ids
+        self.pipeline = build_pipeline(self.settings, MemoryPublisher())  # to compute event ids
 
     def stored(self) -> list[Any]:
         return [m for log in self.publisher.topics.values() for m in log]

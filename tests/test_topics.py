@@ -23,6 +23,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.protocol.admin import CreateAclsRequest
 
+from bridge.container import build_pipeline
 from bridge.devbrokers.launcher import KafkaCluster, KafkaSecurity, kafka_missing
 from bridge.errors import PublishRefused, TopicUnavailable
 from bridge.http.ports import free_port
@@ -87,7 +88,7 @@ async def refusing(tmp_path: Path) -> AsyncIterator[tuple[Pipeline, RefusingPubl
     await spool.open()
     await publisher.start()
     try:
-        yield Pipeline(settings, publisher, spool=spool), publisher, spool
+        yield build_pipeline(settings, publisher, spool), publisher, spool
     finally:
         await spool.close()
 

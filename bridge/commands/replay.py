@@ -16,12 +16,12 @@ from typing import IO
 import httpx
 import orjson
 
+from bridge.container import build_pipeline
 from bridge.errors import BridgeError, InvalidNotification
 from bridge.kafka.client import reading
 from bridge.kafka.publish import KafkaPublisher
 from bridge.notifications.parse import parse_notification
 from bridge.notifications.routing import all_topics, dead_letter_id
-from bridge.pipeline import Pipeline
 from bridge.settings import Settings
 
 RETRIES = 3
@@ -120,7 +120,9 @@ async def to_kafka(
     reported, and the replay can be run again)."""
     summary = Summary(total=len(bodies))
     stored = await stored_event_ids(settings)
-    pipeline = Pipeline(settings.model_copy(update={"spool_dir": None}), KafkaPublisher(settings))
+    pipeline = build_pipeline(
+        settings.model_copy(update={"spool_dir": None}), KafkaPublisher(settings)
+    )
     await pipeline.publisher.start()
     last = time.monotonic()
     try:
