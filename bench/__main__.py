@@ -30,7 +30,7 @@ from bench import apache, instructions, load, shared_ids, stages
 from bench.bodies import BODIES, stream
 from bridge.devbrokers.launcher import EmbeddedBroker
 from bridge.http.ports import free_port
-from bridge.kafka.client import create_topics_and_wait
+from bridge.kafka.admin import create_topics_and_wait
 from bridge.notifications.routing import all_topics
 from bridge.settings import Settings
 from bridge.state.spool import Spool

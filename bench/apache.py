@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.devbrokers.launcher import KafkaCluster, kafka_missing
-from bridge.kafka.client import create_topics_and_wait
+from bridge.kafka.admin import create_topics_and_wait
 from bridge.notifications.routing import all_topics
 
 Rows = list[dict[str, float]]

@@ -20,7 +20,7 @@ from pathlib import Path
 from bench import load
 from bench.bodies import BODIES, stream
 from bridge.devbrokers.launcher import EmbeddedBroker
-from bridge.kafka.client import create_topics_and_wait
+from bridge.kafka.admin import create_topics_and_wait
 from bridge.notifications.routing import all_topics
 
 

@@ -33,7 +33,8 @@ from bridge.devbrokers.launcher import (
 from bridge.errors import PublishError
 from bridge.http.ports import free_port
 from bridge.http.supervisor import serving
-from bridge.kafka.client import create_topics_and_wait, reading
+from bridge.kafka.admin import create_topics_and_wait
+from bridge.kafka.client import reading
 from bridge.kafka.publish import Delivery, MemoryPublisher, Publisher
 from bridge.notifications.record import Record
 from bridge.notifications.routing import all_topics

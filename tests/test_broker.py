@@ -27,7 +27,7 @@ from bridge.devbrokers.launcher import (
 )
 from bridge.errors import BrokerUnavailable
 from bridge.http.ports import free_port
-from bridge.kafka.client import create_topics_and_wait, describe_partitions
+from bridge.kafka.admin import create_topics_and_wait, describe_partitions
 from tests.helpers import Broker, run_sync, wait_for
 
 

@@ -25,7 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 from bridge.http.ports import free_port
-from bridge.kafka.client import create_topics_and_wait
+from bridge.kafka.admin import create_topics_and_wait
 from bridge.kafka.event_ids import (
     config_problem,
     decode_ids,
@@ -199,7 +199,7 @@ async def test_three_workers_one_killed_store_each_notification_once(
 
     answers = await send_retries(bridges, cases=24, seed=16, halfway=kill_a_worker)
     counts = await landed(broker, prefix)
-    text = bridge.telemetry.metrics()
+    text = bridge.metrics()
     print(f"\n{broker.name}, 3 workers: {lag_report([text])}")
     assert_once_each(answers, counts)
     assert metric(text, "bridge_dedup_learned_total") > 0

@@ -23,7 +23,7 @@ from aiokafka.partitioner import murmur2
 
 from bridge.devbrokers.launcher import BrokerUnavailable, KafkaCluster, KafkaNode, kafka_classpath
 from bridge.http.ports import free_port
-from bridge.kafka.client import create_topics_and_wait
+from bridge.kafka.admin import create_topics_and_wait
 from bridge.notifications.routing import all_topics
 from bridge.settings import load_settings
 from tests.helpers import consume, process_env, require_apache_kafka, run_sync, started, wait_for

@@ -13,14 +13,8 @@ import pytest
 from bridge.commands.tail import Decoder
 from bridge.http.app import WEBHOOK_PATH
 from bridge.http.ports import free_port
-from bridge.kafka.client import (
-    Creation,
-    TopicSpec,
-    consume_until_idle,
-    create_topics,
-    create_topics_and_wait,
-    reading,
-)
+from bridge.kafka.admin import Creation, TopicSpec, create_topics, create_topics_and_wait
+from bridge.kafka.client import consume_until_idle, reading
 from bridge.kafka.publish import KafkaPublisher
 from bridge.notifications.record import Record
 from bridge.notifications.routing import all_topics

@@ -27,7 +27,7 @@ import trustme
 from bridge.devbrokers.launcher import KafkaCluster, KafkaSecurity
 from bridge.http.app import WEBHOOK_PATH
 from bridge.http.ports import free_port
-from bridge.kafka.client import create_topics_and_wait
+from bridge.kafka.admin import create_topics_and_wait
 from bridge.notifications.routing import all_topics
 from tests.helpers import require_apache_kafka, run_sync, sample, sample_bytes, wait_for_port
 

@@ -11,7 +11,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from bridge.errors import BrokerUnavailable, PublishError
 from bridge.http.ports import free_port
-from bridge.kafka.client import create_topics_and_wait
+from bridge.kafka.admin import create_topics_and_wait
 from bridge.kafka.publish import KafkaPublisher, MemoryPublisher, Publisher
 from bridge.notifications.record import Record
 from bridge.settings import Settings, load_settings

@@ -27,7 +27,8 @@ from bridge.container import build_pipeline
 from bridge.devbrokers.launcher import KafkaCluster, KafkaSecurity, kafka_missing
 from bridge.errors import PublishRefused, TopicUnavailable
 from bridge.http.ports import free_port
-from bridge.kafka.client import consume_until_idle, create_topics_and_wait
+from bridge.kafka.admin import create_topics_and_wait
+from bridge.kafka.client import consume_until_idle
 from bridge.kafka.publish import Delivery, MemoryPublisher
 from bridge.kafka.topics import create_command, ensure_topics
 from bridge.notifications.record import Record

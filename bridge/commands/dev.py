@@ -19,7 +19,7 @@ from bridge.errors import BrokerUnavailable
 from bridge.http.app import WEBHOOK_PATH
 from bridge.http.ports import free_port
 from bridge.http.supervisor import run
-from bridge.kafka.client import create_topics_and_wait
+from bridge.kafka.admin import create_topics_and_wait
 from bridge.kafka.event_ids import ensure_topic, event_ids_topic
 from bridge.notifications.routing import all_topics
 from bridge.settings import Settings

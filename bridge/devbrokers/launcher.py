@@ -32,7 +32,7 @@ from typing import Self
 
 from bridge.errors import BrokerUnavailable
 from bridge.http.ports import free_port
-from bridge.kafka.client import PartitionState, broker_ids, describe_partitions
+from bridge.kafka.admin import PartitionState, broker_ids, describe_partitions
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,9 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from bridge.kafka.client import TopicSpec, create_topics, kafka_options
+from bridge.kafka.admin import TopicSpec, create_topics
+from bridge.kafka.client import kafka_options
+from bridge.kafka.errors import UNREACHABLE, reason
 from bridge.settings import Settings
 from bridge.telemetry.metrics import Metrics
 
@@ -70,8 +72,8 @@ async def ensure_topic(settings: Settings, spec: TopicSpec) -> str | None:
         creation = await create_topics(
             settings, [spec], timeout=settings.kafka_connect_timeout, configs=True
         )
-    except (KafkaError, OSError, TimeoutError) as exc:
-        return f"cannot create or check topic {spec.name}: {type(exc).__name__}: {exc}"
+    except UNREACHABLE as exc:
+        return f"cannot create or check topic {spec.name}: {reason(exc)}"
     if spec.name in creation.failed:
         return f"cannot create topic {spec.name}: error {creation.failed[spec.name].code}"
     if spec.name in creation.created:
@@ -144,7 +146,7 @@ class EventIdTopic:
         try:
             async with asyncio.timeout(SHARE_BUDGET):
                 await send_ids(producer, self.topic, events)
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except UNREACHABLE as exc:
             self.metrics.kafka_errors.labels("event_ids").inc()
             self.metrics.dedup_unshared.inc(len(events))
             self._retry_at = time.monotonic() + RETRY_EVERY
@@ -178,7 +180,7 @@ class EventIdTopic:
         while True:
             try:
                 await self._follow(learn)
-            except (KafkaError, OSError, TimeoutError, LookupError) as exc:
+            except (*UNREACHABLE, LookupError) as exc:
                 self.metrics.kafka_errors.labels("event_ids").inc()
                 self._unavailable(exc)
             finally:

@@ -9,21 +9,20 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka import errors as kafka_errors
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
-    KafkaTimeoutError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
 )
 from aiokafka.partitioner import murmur2
 
-from bridge.errors import BrokerUnavailable, PublishError, PublishRefused
+from bridge.errors import PublishError
 from bridge.kafka.client import kafka_options
+from bridge.kafka.errors import UNREACHABLE, publish_error, unavailable
 from bridge.notifications.record import Record
 from bridge.settings import Settings
 
@@ -39,20 +38,6 @@ CHECK_CACHE_SECONDS = 2.0  # readiness probes come often; ask the broker at most
 # broker refuses with OutOfOrderSequenceNumber. A new producer gets a new producer id and
 # starts again at sequence 0; the refused records are retried (spooled), not dropped.
 _WEDGED = (OutOfOrderSequenceNumber, InvalidProducerEpoch, ProducerFenced)
-
-# Why the broker refuses a write, as a bounded label; any other error it does not retry is
-# "other". (UnknownTopicOrPartition is retried by aiokafka until the ack budget runs out: a
-# deleted topic is found by `bridge.kafka.topics` instead.)
-REFUSALS: Final[dict[type[KafkaError], str]] = {
-    kafka_errors.TopicAuthorizationFailedError: "topic_authorization",
-    kafka_errors.ClusterAuthorizationFailedError: "cluster_authorization",
-    kafka_errors.TransactionalIdAuthorizationFailed: "cluster_authorization",
-    kafka_errors.UnknownTopicOrPartitionError: "topic_missing",
-    kafka_errors.InvalidTopicError: "topic_missing",
-    kafka_errors.MessageSizeTooLargeError: "too_large",
-    kafka_errors.RecordListTooLargeError: "too_large",
-    kafka_errors.PolicyViolationError: "policy",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +90,12 @@ class KafkaPublisher:
         try:
             async with asyncio.timeout(s.kafka_connect_timeout):
                 await producer.start()
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except UNREACHABLE as exc:
             await _bounded(producer.stop(), 2.0)
-            raise BrokerUnavailable(
+            raise unavailable(
                 f"cannot reach Kafka at {s.kafka_bootstrap_servers} "
-                f"(BRIDGE_KAFKA_BOOTSTRAP_SERVERS) within {s.kafka_connect_timeout:g}s: "
-                f"{type(exc).__name__}: {exc}".rstrip(": ")
+                f"(BRIDGE_KAFKA_BOOTSTRAP_SERVERS) within {s.kafka_connect_timeout:g}s",
+                exc,
             ) from exc
         self._producer = producer
 
@@ -154,7 +139,7 @@ class KafkaPublisher:
         try:
             async with asyncio.timeout(self._settings.kafka_connect_timeout):
                 await fresh.start()
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except UNREACHABLE as exc:
             logger.warning("Kafka producer not renewed (%s): trying at the next refusal", exc)
             await _bounded(fresh.stop(), 2.0)
             return
@@ -187,26 +172,12 @@ class KafkaPublisher:
         try:
             async with asyncio.timeout(2.0):
                 await self._producer.client.fetch_all_metadata()
-        except (KafkaError, TimeoutError, OSError) as exc:
+        except UNREACHABLE as exc:
             problem = f"unreachable ({type(exc).__name__}: {exc})".replace(": )", ")")
         else:
             problem = None
         self._checked = (time.monotonic(), problem)
         return problem
-
-
-def publish_error(exc: KafkaError) -> PublishError:
-    """A failed send as bridge's error: a refusal (503, not spooled) when the broker will
-    refuse it again until someone changes the cluster, else a failure to spool."""
-    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
-    reason = REFUSALS.get(type(exc))
-    if reason is not None:
-        return PublishRefused(text, reason)
-    # Down or slow, or the producer being replaced under this send (ProducerClosed, marked
-    # not retriable by aiokafka): spool it.
-    if exc.retriable or isinstance(exc, (KafkaTimeoutError, kafka_errors.ProducerClosed)):
-        return PublishError(text)
-    return PublishRefused(text, "other")
 
 
 class MemoryPublisher:

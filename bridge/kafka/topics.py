@@ -12,26 +12,19 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import (
-    KafkaError,
-    TopicAuthorizationFailedError,
-    UnknownTopicOrPartitionError,
-)
-from aiokafka.protocol.metadata import MetadataRequest
 
-from bridge.errors import BrokerUnavailable, PublishRefused, TopicUnavailable
-from bridge.kafka.client import TopicSpec, create_topics, kafka_options
+from bridge.errors import PublishRefused, TopicUnavailable
+from bridge.kafka.admin import MISSING, NOT_DESCRIBABLE, TopicSpec, create_topics, describe
+from bridge.kafka.client import kafka_options
+from bridge.kafka.errors import UNREACHABLE, unavailable
 from bridge.notifications.routing import all_topics
 from bridge.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-MISSING = "missing"
-NOT_DESCRIBABLE = "not authorised to describe"
 CHECK_SECONDS = 2.0  # ask the broker at most this often (readiness probes come often)
 TRUST_SECONDS = 10.0  # a topic found missing this recently is refused without waiting for Kafka
 PROBE_TIMEOUT = 1.5  # a probe after a failed publish: within the vendor's 10 s with the budget
@@ -65,21 +58,6 @@ def create_command(settings: Settings, topics: list[str]) -> str:
     return f"for t in {' '.join(topics)}; do {create} --topic $t {options}; done"
 
 
-async def describe(client: AIOKafkaClient, topics: Iterable[str]) -> dict[str, str]:
-    """The problem of each topic the broker's metadata knows of (missing, or not describable
-    by bridge's principal); topics without one are left out. Never creates a topic."""
-    request = MetadataRequest(list(topics), allow_auto_topic_creation=False)
-    response = await client.send(client.get_random_node(), request)
-    problems = {}
-    for topic in response.to_object()["topics"]:
-        if topic["error_code"] == UnknownTopicOrPartitionError.errno:
-            problems[topic["topic"]] = MISSING
-        elif topic["error_code"] == TopicAuthorizationFailedError.errno:
-            problems[topic["topic"]] = NOT_DESCRIBABLE
-        # Anything else (a leader being elected) passes: the producer waits for it.
-    return problems
-
-
 async def ensure_topics(settings: Settings) -> list[str]:
     """At start: every topic bridge writes exists, or TopicUnavailable names the first one
     missing and the command that creates them all; with BRIDGE_KAFKA_CREATE_TOPICS=true the
@@ -90,10 +68,9 @@ async def ensure_topics(settings: Settings) -> list[str]:
         async with asyncio.timeout(settings.kafka_connect_timeout):
             await client.bootstrap()
             problems = await describe(client, topics)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        raise BrokerUnavailable(
-            f"cannot ask Kafka at {settings.kafka_bootstrap_servers} about the topics: "
-            f"{type(exc).__name__}: {exc}".rstrip(": ")
+    except UNREACHABLE as exc:
+        raise unavailable(
+            f"cannot ask Kafka at {settings.kafka_bootstrap_servers} about the topics", exc
         ) from exc
     finally:
         await client.close()
@@ -126,8 +103,8 @@ async def _create(settings: Settings, topics: list[str]) -> None:
     specs = [TopicSpec(t, partitions, replication, configs) for t in topics]
     try:
         creation = await create_topics(settings, specs, timeout=settings.kafka_connect_timeout)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        raise BrokerUnavailable(f"cannot create the topics: {type(exc).__name__}: {exc}") from exc
+    except UNREACHABLE as exc:
+        raise unavailable("cannot create the topics", exc) from exc
     for topic, error in creation.failed.items():
         raise TopicUnavailable(
             f"cannot create topic {topic} with BRIDGE_KAFKA_TOPIC_PARTITIONS={partitions}, "
@@ -226,7 +203,7 @@ class TopicWatch:
                         raise
                     self._client = client
                 self._described = await describe(self._client, self.topics)
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except UNREACHABLE as exc:
             # Kafka unreachable is the `kafka` check's to report; what was known stays.
             logger.debug("cannot describe the topics: %r", exc)
             return
