@@ -24,7 +24,11 @@ from bridge.kafka.event_ids import ensure_topic, event_ids_topic
 from bridge.notifications.routing import all_topics
 from bridge.settings import Settings
 
-SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "notifications" / "call.json"
+# The sample the banner's curl posts: shipped in the wheel (pyproject's force-include), else
+# the checkout's examples/.
+_PACKAGED = Path(__file__).resolve().parent / "notifications" / "call.json"
+_CHECKOUT = Path(__file__).resolve().parents[2] / "examples" / "notifications" / "call.json"
+SAMPLE = _PACKAGED if _PACKAGED.is_file() else _CHECKOUT
 
 
 @dataclass(frozen=True)
