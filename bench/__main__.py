@@ -20,9 +20,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import uvloop
 
@@ -41,7 +42,10 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HISTORY = Path(__file__).resolve().parent / "HISTORY.md"
 PARTITIONS = 12
 FULL = Settings.model_fields["dedup_max_entries"].default  # event ids the bridge remembers
-Say = Callable[[str], None]
+
+
+class Say(Protocol):
+    def __call__(self, text: str = ...) -> None: ...
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -511,11 +515,11 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
             "| server CPU µs/req | over 1 s |"
         )
         say("|---|---|---|---|---|---|---|---|---|")
-        rows = [
+        halves = [
             measure("bridge", first, broker, args, rate=half, concurrency=64)
             for _ in range(args.repeat)
         ]
-        say(line("bridge, half rate", rows)[:-1] + f"| {sum(r['over_1s'] for r in rows):.0f} |")
+        say(line("bridge, half rate", halves)[:-1] + f"| {sum(r['over_1s'] for r in halves):.0f} |")
         say()
         if args.soak:
             soak = measure(

@@ -25,12 +25,11 @@ import uvicorn
 from aiokafka import ConsumerRecord
 
 from bridge.devbrokers.launcher import (
-    BrokerUnavailable,
     EmbeddedBroker,
     KafkaCluster,
     kafka_missing,
 )
-from bridge.errors import PublishError
+from bridge.errors import BrokerUnavailable, PublishError
 from bridge.http.ports import free_port
 from bridge.http.supervisor import serving
 from bridge.kafka.admin import create_topics_and_wait

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -169,7 +170,7 @@ def test_the_embedded_broker_names_its_port_when_it_cannot_start(
 
 
 async def produce(
-    bootstrap_servers: str, topic: str, timeout_ms: int = 10000, **options: object
+    bootstrap_servers: str, topic: str, timeout_ms: int = 10000, **options: Any
 ) -> int:
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
@@ -180,7 +181,8 @@ async def produce(
     )
     try:  # stopped even when it cannot start: aiokafka warns of an unclosed producer
         await producer.start()
-        return (await producer.send_and_wait(topic, b"value", key=b"case")).offset
+        offset: int = (await producer.send_and_wait(topic, b"value", key=b"case")).offset
+        return offset
     finally:
         await producer.stop()
 
@@ -277,7 +279,7 @@ async def test_scram_users_tls_and_mutual_tls_listeners(tmp_path: Path, topic_pr
     ca.issue_cert("bridge-client").configure_cert(client)
     with KafkaCluster(1, security=security, directory=tmp_path / "kafka") as cluster:
         await create_topics_and_wait(cluster.bootstrap_servers, [topic], partitions=1)
-        scram = {
+        scram: dict[str, Any] = {
             "security_protocol": "SASL_SSL",
             "ssl_context": context,
             "sasl_mechanism": "SCRAM-SHA-512",

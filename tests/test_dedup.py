@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sys
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(dedup.time, "time", fake)
+    monkeypatch.setattr(time, "time", fake)  # as dedup reads it
     return fake
 
 

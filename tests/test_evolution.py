@@ -29,7 +29,7 @@ def resolve(record: dict[str, Any], writer: Schema, reader: Schema) -> dict[str,
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, writer.parsed, record)
     buffer.seek(0)
-    result: dict[str, Any] = fastavro.schemaless_reader(
+    result: dict[str, Any] = fastavro.schemaless_reader(  # type: ignore[assignment]
         buffer, writer.parsed, reader.parsed, return_record_name=True,
         return_record_name_override=True,
     )  # fmt: skip

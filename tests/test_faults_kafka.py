@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from aiokafka.partitioner import murmur2
 
-from bridge.devbrokers.launcher import BrokerUnavailable, KafkaCluster, KafkaNode, kafka_classpath
+from bridge.devbrokers.launcher import KafkaCluster, KafkaNode, kafka_classpath
+from bridge.errors import BrokerUnavailable
 from bridge.http.ports import free_port
 from bridge.kafka.admin import create_topics_and_wait
 from bridge.notifications.routing import all_topics

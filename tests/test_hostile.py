@@ -243,7 +243,7 @@ def api() -> Iterator[TestClient]:
 
 @schema.parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-def test_the_api_keeps_its_description(api: TestClient, case: schemathesis.Case) -> None:
+def test_the_api_keeps_its_description(api: TestClient, case: schemathesis.Case) -> None:  # type: ignore[type-arg]
     kwargs = case.as_transport_kwargs(base_url="http://testserver")
     kwargs.pop("cookies", None)  # the API uses none; httpx2 deprecates per-request cookies
     if isinstance(kwargs.get("data"), bytes | str):  # httpx2 takes raw bodies as `content`

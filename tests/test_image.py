@@ -411,7 +411,8 @@ def test_compose_brings_up_kafka_and_the_bridge_end_to_end(image: Build, tmp_pat
     def state(service: str) -> dict[str, Any]:
         [container_id] = compose("ps", "-q", service).split()
         inspected: list[dict[str, Any]] = yaml.safe_load(docker("inspect", container_id).stdout)
-        return inspected[0]["State"]
+        state: dict[str, Any] = inspected[0]["State"]
+        return state
 
     try:
         started = time.monotonic()

@@ -75,7 +75,8 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     client = ca.issue_cert(CLIENT_CN, common_name=CLIENT_CN)
     stranger = stranger_ca.issue_cert(CLIENT_CN, common_name=CLIENT_CN)
     names = ("ca", "server", "server.key", "client", "client.key", "stranger-ca", "stranger")
-    paths = Certificates(*(folder / f"{name}.pem" for name in names), folder / "stranger.key.pem")
+    pems = [folder / f"{name}.pem" for name in names] + [folder / "stranger.key.pem"]
+    paths = Certificates(*pems)
     ca.cert_pem.write_to_path(paths.ca)
     stranger_ca.cert_pem.write_to_path(paths.stranger_ca)
     for leaf, chain, key in (

@@ -175,6 +175,8 @@ def _state(path: Path) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Global):
             found.append(f"line {node.lineno}: global {', '.join(node.names)}")
+        if not isinstance(node, ast.stmt | ast.expr):
+            continue
         targets: list[ast.expr] = []
         if isinstance(node, ast.Assign):
             targets = node.targets

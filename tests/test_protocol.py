@@ -170,7 +170,7 @@ def in_memory(**extra: object) -> Iterator[tuple[int, MemoryPublisher]]:
     """bridge in a thread (tests/conftest.py's run_server), on a real socket, storing in
     memory: its port and what it stored."""
     publisher = MemoryPublisher()
-    for running in run_server(settings_for(**extra), publisher):
+    for running in run_server(settings_for(None, **extra), publisher):
         yield int(running.url.rpartition(":")[2]), publisher
 
 

@@ -33,7 +33,7 @@ def test_a_worker_that_keeps_dying_is_replaced_ever_more_slowly(
 def test_the_server_runs_an_app_or_its_factory_with_bridges_limits() -> None:
     settings = load_settings(port=9999, ack_timeout=2.5, max_connections=7)
     app = Starlette()
-    config = server_config(settings, app)
+    config = server_config(settings, app)  # type: ignore[arg-type]
     assert (config.app, config.factory, config.port) == (app, False, 9999)
     assert config.timeout_graceful_shutdown == 5  # the ack budget, rounded up, and 2 s
     # Each connection a BridgeProtocol, all of the server's sharing one Doors with its limits.

@@ -25,7 +25,7 @@ MAPPERS = {kind: Mapper(schema) for kind, schema in SCHEMAS.items()}
 
 
 def read(kind: str, body: bytes) -> dict[str, Any]:
-    record: dict[str, Any] = fastavro.schemaless_reader(
+    record: dict[str, Any] = fastavro.schemaless_reader(  # type: ignore[assignment]
         io.BytesIO(body), SCHEMAS[kind].parsed, None, return_record_name=True,
         return_record_name_override=True,
     )  # fmt: skip
