@@ -14,7 +14,7 @@ from pathlib import Path
 from bridge import __version__, dev, replay, schema_tools, supervisor
 from bridge.auth import require_credentials
 from bridge.codec.compat import LEVELS
-from bridge.codec.schemas import load_schemas
+from bridge.codec.schemas import declarations, load_schemas
 from bridge.errors import BridgeError, ConfigError
 from bridge.event_ids import ensure_topic, event_ids_topic
 from bridge.kafka_check import check_connection
@@ -77,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
         "--type",
         dest="types",
         action="append",
-        choices=[*TYPES, DLQ],
-        help="topic to read, repeatable (default: all four)",
+        metavar="TYPE",
+        help=f"topic to read, repeatable: {', '.join((*TYPES, DLQ))}, or a type declared in "
+        "BRIDGE_SCHEMA_DIR (default: all)",
     )
     tail_.add_argument("--case-id", help="only this case's records, in order")
     tail_.add_argument(
@@ -172,7 +173,7 @@ async def _preflight(settings: Settings) -> None:
         registry = SchemaRegistry(settings)
         try:
             # Only the ids: the app resolves them again, in each worker, when it starts.
-            await resolve_ids(registry, settings, load_schemas())
+            await resolve_ids(registry, settings, load_schemas(settings.schema_dir))
         finally:
             await registry.close()
     # First a connection of our own: a refusal (credentials, certificates) names its setting.
@@ -245,13 +246,18 @@ def _replay(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
 
 
 def _tail(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
+    s = settings()
+    known = (*declarations(s.schema_dir), DLQ)
+    unknown = [kind for kind in args.types or () if kind not in known]
+    if unknown:
+        raise ConfigError(f"bridge tail --type: unknown {unknown}; known: {', '.join(known)}")
     options = TailOptions(
-        types=tuple(args.types or (*TYPES, DLQ)),
+        types=tuple(args.types or known),
         case_id=args.case_id,
         from_beginning=args.from_beginning,
         until_idle=args.until_idle,
         format=args.format,
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(tail(settings(), options))
+        asyncio.run(tail(s, options))
     return 0

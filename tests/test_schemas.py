@@ -68,5 +68,5 @@ def test_a_misnamed_schema_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_schemas_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="schemas missing"):
+    with pytest.raises(ConfigError, match="no notification type declared"):
         load_schemas(tmp_path)
