@@ -263,16 +263,55 @@ class Redrive:
             await self._store(plan)
         finally:
             await self._close()
-        logger.info(
-            "redrive: %s",
-            self.summary.line(),
+        self._log_run()
+        return self.summary
+
+    def _log_run(self, error: str = "") -> None:
+        """The run's one line: what it stored, skipped and left."""
+        s = self.summary
+        logger.log(
+            logging.WARNING if error else logging.INFO,
+            "redrive%s: %s%s",
+            " (dry run)" if self.dry_run else "",
+            s.line(),
+            f"; stopped: {error}" if error else "",
             extra={
-                "stored": self.summary.stored.total(),
-                "skipped": self.summary.already.total(),
-                "left": self.summary.failing.total(),
+                "dry_run": self.dry_run,
+                "selected": s.selected,
+                "stored": s.stored.total(),
+                "skipped": s.already.total(),
+                "left": s.failing.total(),
+                "interrupted": s.interrupted,
             },
         )
-        return self.summary
+
+    def _log_letter(
+        self,
+        letter: DeadLetter,
+        outcome: str,
+        prepared: Prepared,
+        delivery: Delivery | None = None,
+    ) -> None:
+        """One line per dead letter, at debug."""
+        if not logger.isEnabledFor(logging.DEBUG):
+            return
+        logger.debug(
+            "redrive %s/%d@%d: %s",
+            self.dlq,
+            letter.partition,
+            letter.offset,
+            outcome,
+            extra={
+                "outcome": outcome,
+                "type": prepared.type,
+                "event_id": prepared.event_id,
+                "reason": prepared.reason or letter.reason,
+                "case_id": prepared.case_id,
+                "topic": delivery.topic if delivery else None,
+                "partition": delivery.partition if delivery else None,
+                "offset": delivery.offset if delivery else None,
+            },
+        )
 
     async def _close(self) -> None:
         with contextlib.suppress(BridgeError):
@@ -399,20 +438,20 @@ class Redrive:
             return None
         self.summary.selected += 1
         prepared = self._prepare(letter)
-        where = f"{self.dlq}/{letter.partition}@{letter.offset}"
         if prepared.type == DLQ:
             self.summary.failing[prepared.reason] += 1
             self.summary.count(letter, f"still failing ({prepared.reason})")
-            logger.debug("redrive %s: still fails (%s), left", where, prepared.reason)
+            self._log_letter(letter, "left", prepared)
             return None
         if self._known(prepared.event_id) or any(p.event_id == prepared.event_id for _, p in wave):
             self.summary.already[prepared.type] += 1
             self.summary.count(letter, "already stored")
-            logger.debug("redrive %s: %s already stored", where, prepared.event_id)
+            self._log_letter(letter, "skipped", prepared)
             return None
         if self.dry_run:
             self.summary.stored[prepared.type] += 1
             self.summary.count(letter, f"would store ({prepared.type})")
+            self._log_letter(letter, "would store", prepared)
             return None
         return letter, prepared
 
@@ -440,20 +479,12 @@ class Redrive:
             self.stored_ids.add(digest(prepared.event_id))
             self.summary.stored[prepared.type] += 1
             self.summary.count(letter, f"stored ({prepared.type})")
-            logger.debug(
-                "redrive %s/%d@%d: stored %s at %s/%d@%d",
-                self.dlq,
-                letter.partition,
-                letter.offset,
-                prepared.event_id,
-                result.topic,
-                result.partition,
-                result.offset,
-            )
+            self._log_letter(letter, "stored", prepared, result)
         with contextlib.suppress(BridgeError):
             await self.dedup.flush()
         if failure is not None:
             stored = self.summary.stored.total()
+            self._log_run(_describe(failure))
             raise PublishError(
                 f"Kafka did not take a re-driven record ({_describe(failure)}); {stored} stored "
                 "before it: run again to go on (what was stored is skipped)"

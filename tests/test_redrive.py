@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
+import logging
+import os
+import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +23,7 @@ from bridge.codec.encode import CONFLUENT_MAGIC, MAGIC
 from bridge.errors import PublishError, TopicUnavailable
 from bridge.event_ids import ensure_topic, event_ids_topic
 from bridge.kafka import create_topics_and_wait
+from bridge.pipeline import Prepared
 from bridge.publish import Delivery, KafkaPublisher
 from bridge.record import Record
 from bridge.redrive import DeadLetter, Filters, Redrive, moment, redrive
@@ -27,11 +34,20 @@ from tests.helpers import (
     Broker,
     RunningRegistry,
     free_port,
+    process_env,
     run_server,
+    run_sync,
     sample,
     schema_dir_with_new_type,
     task_end,
 )
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `cli.main` in this process: its logging set-up would outlive the test's captured stderr.
+    monkeypatch.setattr("bridge.cli.configure_logging", lambda _: None)
+
 
 # --- the pure parts -------------------------------------------------------------------------
 
@@ -86,7 +102,11 @@ def test_a_dead_letter_is_read_from_the_record_the_pipeline_wrote() -> None:
     read = DeadLetter.of(message)
     assert (read.partition, read.offset, read.key, read.body) == (2, 41, b"c9", body)
     assert read.received_at == moment("2026-12-01T10:00:00.250Z")
-    assert (read.reason, read.type, read.content_type) == ("unknown-type", NEW_TYPE, "application/json")
+    assert (read.reason, read.type, read.content_type) == (
+        "unknown-type",
+        NEW_TYPE,
+        "application/json",
+    )
     no_header = DeadLetter.of(dataclasses.replace(message, headers=[]))
     assert no_header.received_at == 1764583200.0  # when Kafka got it
     assert no_header.type == NEW_TYPE
@@ -162,7 +182,7 @@ async def typed_records(broker: Broker, settings: Settings) -> list[ConsumerReco
 
 
 async def test_unknown_type_dead_lettered_then_redriven_once_with_its_ids_and_times(
-    kafka_settings: Settings, broker: Broker, tmp_path: Path
+    kafka_settings: Settings, broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     prefix = kafka_settings.topic_prefix
     assert await ensure_topic(kafka_settings, event_ids_topic(kafka_settings)) is None
@@ -180,10 +200,16 @@ async def test_unknown_type_dead_lettered_then_redriven_once_with_its_ids_and_ti
     assert await typed_records(broker, settings) == []  # the dry run wrote nothing
 
     progress = io.StringIO()
+    caplog.set_level(logging.DEBUG, "bridge.redrive")
     first = await redrive(settings, Filters(), progress=progress)
     assert first.stored == Counter({NEW_TYPE: 3})
     assert first.failing == Counter({"missing-case-id": 1, "not-json": 1})
     assert "5/5 read, 3 stored, 0 already, 2 failing" in progress.getvalue()
+    mine = [r for r in caplog.records if r.name == "bridge.redrive"]
+    [run_line] = [r for r in mine if r.levelno == logging.INFO]
+    assert (run_line.stored, run_line.skipped, run_line.left) == (3, 0, 2)  # type: ignore[attr-defined]
+    per_letter = Counter(getattr(r, "outcome", None) for r in mine if r.levelno == logging.DEBUG)
+    assert per_letter == Counter({"stored": 3, "left": 2})
 
     typed = await typed_records(broker, settings)
     decoder = Decoder(directory=settings.schema_dir)
@@ -279,24 +305,26 @@ async def test_kafka_gone_mid_run_stops_it_and_the_next_run_stores_the_rest_once
     assert sorted(ids.values()) == [1] * 8
 
 
-async def test_an_interrupted_run_finishes_its_wave_and_the_next_one_goes_on(
+async def test_ctrl_c_finishes_the_wave_in_flight_and_the_next_run_goes_on(
     kafka_settings: Settings, broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await post_all(kafka_settings, [task_end("c1", f"t{n}") for n in range(6)])
     settings = await with_new_type(kafka_settings, tmp_path)
     monkeypatch.setattr("bridge.redrive.WAVE", 2)
     run = Redrive(settings, Filters())
-    sent = run._send  # noqa: SLF001 - Ctrl-C arrives while the first wave is in flight
+    send = run._send
 
-    async def interrupted(wave: list) -> None:  # type: ignore[type-arg]
-        run.stopping = True
-        await sent(wave)
+    async def send_after_ctrl_c(wave: list[tuple[DeadLetter, Prepared]]) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # while the first wave is being sent
+        await asyncio.sleep(0.1)  # the loop runs its handler
+        await send(wave)
 
-    monkeypatch.setattr(run, "_send", interrupted)
+    monkeypatch.setattr(run, "_send", send_after_ctrl_c)
     summary = await run.run()
     assert summary.interrupted
-    assert summary.stored == Counter({NEW_TYPE: 2})
+    assert summary.stored == Counter({NEW_TYPE: 2})  # the wave in flight, whole
     assert len(await typed_records(broker, settings)) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a 2nd one: now
     rest = await redrive(settings, Filters())
     assert (rest.stored, rest.already) == (Counter({NEW_TYPE: 4}), Counter({NEW_TYPE: 2}))
 
@@ -330,3 +358,29 @@ async def test_a_missing_dlq_or_target_topic_is_one_clear_error(
     if broker.topics_validated:  # Tansu creates a topic when it is read
         with pytest.raises(TopicUnavailable, match=f"{NEW_TYPE} does not exist: create it"):
             await redrive(added, Filters())
+
+
+def test_the_command_as_an_operator_runs_it(
+    kafka_settings: Settings, broker: Broker, tmp_path: Path
+) -> None:
+    run_sync(post_all(kafka_settings, [*new_type_letters(), *still_failing()]))
+    settings = run_sync(with_new_type(kafka_settings, tmp_path))
+    env = process_env(settings, BRIDGE_SCHEMA_DIR=str(settings.schema_dir))
+
+    def bridge(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bridge", "redrive", *args],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    dry = bridge("--dry-run")
+    assert dry.returncode == 1, dry.stderr  # two would still fail
+    assert dry.stdout.splitlines()[0].startswith("redrive (dry run): 5 of 5 dead letters selected")
+    assert f"  unknown-type: 3 would store ({NEW_TYPE})" in dry.stdout.splitlines()
+    typed = bridge("--reason", "unknown-type", "--type", NEW_TYPE)
+    assert typed.returncode == 0, typed.stderr  # all selected typed
+    assert f"stored 3 ({NEW_TYPE} 3)" in typed.stdout
+    again = bridge()
+    assert again.returncode == 1  # the two that still fail
+    assert f"already stored 3 ({NEW_TYPE} 3)" in again.stdout
+    assert "still failing 2 (missing-case-id 1, not-json 1)" in again.stdout
