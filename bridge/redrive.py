@@ -332,8 +332,8 @@ class Redrive:
             ) as read:
                 if read.missing:
                     raise TopicUnavailable(
-                        f"topic {self.dlq} does not exist: nothing was ever dead-lettered "
-                        "there (BRIDGE_TOPIC_PREFIX, BRIDGE_KAFKA_BOOTSTRAP_SERVERS?)"
+                        f"topic {self.dlq} does not exist, or this principal may not describe "
+                        "it (BRIDGE_TOPIC_PREFIX, BRIDGE_KAFKA_BOOTSTRAP_SERVERS?)"
                     )
                 yield read
         except KafkaError as exc:

@@ -351,13 +351,12 @@ async def test_a_missing_dlq_or_target_topic_is_one_clear_error(
     kafka_settings: Settings, broker: Broker, tmp_path: Path
 ) -> None:
     nowhere = kafka_settings.model_copy(update={"topic_prefix": f"none{free_port()}."})
-    with pytest.raises(TopicUnavailable, match=r"topic none\d+\.dlq does not exist"):
+    with pytest.raises(TopicUnavailable, match=r"topic none\d+\.dlq does not exist, or"):
         await redrive(nowhere, Filters())
     await post_all(kafka_settings, new_type_letters())
     added = kafka_settings.model_copy(update={"schema_dir": schema_dir_with_new_type(tmp_path)})
-    if broker.topics_validated:  # Tansu creates a topic when it is read
-        with pytest.raises(TopicUnavailable, match=f"{NEW_TYPE} does not exist: create it"):
-            await redrive(added, Filters())
+    with pytest.raises(TopicUnavailable, match=f"{NEW_TYPE} does not exist: create it"):
+        await redrive(added, Filters())
 
 
 def test_the_command_as_an_operator_runs_it(
