@@ -383,3 +383,39 @@ def test_the_command_as_an_operator_runs_it(
     assert again.returncode == 1  # the two that still fail
     assert f"already stored 3 ({NEW_TYPE} 3)" in again.stdout
     assert "still failing 2 (missing-case-id 1, not-json 1)" in again.stdout
+
+
+async def test_a_vendor_retry_stored_live_during_the_run_is_not_stored_again(
+    kafka_settings: Settings, broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await ensure_topic(kafka_settings, event_ids_topic(kafka_settings)) is None
+    await post_all(kafka_settings, new_type_letters())
+    settings = await with_new_type(kafka_settings, tmp_path)
+    monkeypatch.setattr("bridge.redrive.WAVE", 1)
+    run = Redrive(settings, Filters())
+    send = run._send
+    retried = False
+
+    async def send_while_the_vendor_retries(wave: list[tuple[DeadLetter, Prepared]]) -> None:
+        nonlocal retried
+        await send(wave)
+        if not retried:  # after the first record: the third event's retry, at the service
+            retried = True
+            async with httpx.AsyncClient() as client:
+                answer = await client.post(f"{running.url}/webhooks/airudder", content=body)
+                assert answer.status_code == 200
+            for _ in range(200):  # the service shares it, the run learns it
+                if run.dedup.seen("task_end:t3"):
+                    break
+                await asyncio.sleep(0.05)
+
+    body = task_end("c1", "t3")
+    monkeypatch.setattr(run, "_send", send_while_the_vendor_retries)
+    for running in run_server(settings):  # noqa: B007 - the retry above posts to it
+        summary = await run.run()
+    assert summary.stored == Counter({NEW_TYPE: 2})
+    assert summary.already == Counter({NEW_TYPE: 1})
+    typed = await typed_records(broker, settings)
+    [t3] = [m for m in typed if dict(m.headers)["event-id"] == b"task_end:t3"]
+    assert "redriven-from" not in dict(t3.headers)  # the live one, alone
+    assert len(typed) == 3
