@@ -272,7 +272,7 @@ async def test_the_create_setting_creates_what_is_missing_with_the_given_shape(
         kafka_topic_replication_factor=1,
     )
     created = await ensure_topics(settings)
-    assert created == [f"{prefix}waba_template", f"{prefix}chatbot", f"{prefix}dlq"]
+    assert created == [f"{prefix}chatbot", f"{prefix}waba_template", f"{prefix}dlq"]
     assert len(kafka.partitions(f"{prefix}call")) == 2  # what existed is left as it is
     for topic in created:
         states = kafka.partitions(topic)
