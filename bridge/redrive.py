@@ -47,7 +47,13 @@ from aiokafka.errors import KafkaError
 from bridge.codec.encode import Codec
 from bridge.codec.schemas import load_schemas
 from bridge.dedup import Deduplicator, digest
-from bridge.errors import BridgeError, BrokerUnavailable, PublishError, TopicUnavailable
+from bridge.errors import (
+    BridgeError,
+    BrokerUnavailable,
+    PublishError,
+    PublishTimeout,
+    TopicUnavailable,
+)
 from bridge.event_ids import EventIdTopic
 from bridge.kafka import Reading, reading
 from bridge.kafka_check import check_connection
@@ -491,8 +497,12 @@ class Redrive:
             ) from failure
 
     async def _publish(self, record: Record) -> Delivery:
-        async with asyncio.timeout(max(ACK_BUDGET, self.settings.ack_timeout)):
-            return await self.publisher.publish(record)
+        budget = max(ACK_BUDGET, self.settings.ack_timeout)  # no vendor waits: more than live
+        try:
+            async with asyncio.timeout(budget):
+                return await self.publisher.publish(record)
+        except TimeoutError:
+            raise PublishTimeout(f"no acknowledgement within {budget:g}s") from None
 
     # -- progress -----------------------------------------------------------------------------
 
