@@ -168,7 +168,9 @@ def _redrive_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         dest="reasons",
         action="append",
         choices=DEAD_LETTER_REASONS,
-        help="only dead letters of this reason, repeatable (default: all)",
+        metavar="REASON",
+        help=f"only dead letters of this reason, repeatable: {', '.join(DEAD_LETTER_REASONS)} "
+        "(default: all)",
     )
     for name, what in (("--since", "at or after"), ("--until", "before")):
         redrive_.add_argument(

@@ -141,6 +141,17 @@ def test_malformed_filters_exit_2(args: list[str], capsys: pytest.CaptureFixture
     assert "redrive" in capsys.readouterr().err
 
 
+def test_tail_takes_the_declared_types_and_refuses_others_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["tail", "--type", NEW_TYPE]) == 2  # not declared by the packaged schemas
+    err = capsys.readouterr().err
+    assert (
+        f"bridge tail --type: unknown ['{NEW_TYPE}']; known: call, chatbot, waba_template, dlq"
+        in err
+    )
+
+
 def test_kafka_unreachable_is_one_line_and_exit_1(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -426,12 +437,14 @@ async def test_a_vendor_retry_stored_live_during_the_run_is_not_stored_again(
     assert len(typed) == 3
 
 
+@pytest.mark.kafka
 @pytest.mark.apache
+@pytest.mark.faults  # it stops its own broker
 async def test_apache_kafka_stopped_mid_run_then_back_each_event_stored_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     require_apache_kafka()
-    cluster = started(KafkaCluster(1))
+    cluster = started(KafkaCluster(brokers=1, heap="256m"))
     try:
         prefix = f"t{free_port()}."
         topics = [*all_topics(prefix), f"{prefix}{NEW_TYPE}"]
