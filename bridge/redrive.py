@@ -21,7 +21,7 @@ Three steps, none holding the DLQ in memory:
 Exactly once: every stored id is remembered and shared as the live service does, so a vendor
 retry reaching the service during the run is dropped, and one the service stored first is
 skipped here. Resumable by running it again: what was stored is found and skipped (`--since`
-narrows what is read). Ctrl-C stops reading; the wave in flight is acknowledged (or fails)
+leaves out what is done). Ctrl-C stops reading; the wave in flight is acknowledged (or fails)
 before the summary, so no record is left half-published; a second Ctrl-C stops at once (what
 was sent may then be stored without this run knowing: the next run finds it in the scan).
 """
@@ -168,10 +168,6 @@ class Summary:
     def count(self, letter: DeadLetter, outcome: str) -> None:
         self.by_reason.setdefault(letter.reason, Counter())[outcome] += 1
 
-    @property
-    def done(self) -> int:
-        return sum(self.stored.values()) + sum(self.already.values()) + self.failing.total()
-
     def line(self) -> str:
         verb = "would store" if self.dry_run else "stored"
         parts = [
@@ -201,6 +197,7 @@ def _counted(counter: Counter[str]) -> str:
 
 @dataclass
 class _Plan:
+    starts: dict[TopicPartition, int]  # the DLQ's range when the run began
     ends: dict[TopicPartition, int]
     targets: set[str] = field(default_factory=set)
     earliest: float | None = None
@@ -345,12 +342,11 @@ class Redrive:
         except KafkaError as exc:
             raise BrokerUnavailable(f"cannot read {self.dlq}: {_describe(exc)}") from exc
 
-    async def _letters(
-        self, read: Reading, ends: dict[TopicPartition, int]
-    ) -> AsyncIterator[DeadLetter]:
-        """The dead letters up to `ends` (offsets read at the start of the run), in order per
+    async def _letters(self, read: Reading, plan: _Plan) -> AsyncIterator[DeadLetter]:
+        """The dead letters up to the end offsets read when the run began, in order per
         partition; until nothing comes for IDLE seconds where end offsets cannot be trusted."""
-        left = {tp for tp, end in ends.items() if end > 0}
+        ends = plan.ends
+        left = {tp for tp, end in ends.items() if end > plan.starts.get(tp, 0)}
         last = time.monotonic()
         while left and not self.stopping and time.monotonic() - last < IDLE:
             try:
@@ -375,9 +371,9 @@ class Redrive:
         async with self._reading_dlq() as read:
             ends = await read.consumer.end_offsets(read.partitions)
             starts = await read.consumer.beginning_offsets(read.partitions)
-            plan = _Plan(ends)
+            plan = _Plan(starts, ends)
             self.summary.in_dlq = sum(ends[tp] - starts[tp] for tp in read.partitions)
-            async for letter in self._letters(read, ends):
+            async for letter in self._letters(read, plan):
                 if not self.filters.select(letter):
                     continue
                 prepared = self._prepare(letter)
@@ -420,7 +416,7 @@ class Redrive:
         wave: list[tuple[DeadLetter, Prepared]] = []
         with _interruptible(self):
             async with self._reading_dlq() as read:
-                async for letter in self._letters(read, plan.ends):
+                async for letter in self._letters(read, plan):
                     if self.stopping:
                         break
                     self.summary.read += 1
