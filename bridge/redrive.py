@@ -197,6 +197,7 @@ def _counted(counter: Counter[str]) -> str:
 
 @dataclass
 class _Plan:
+    began: int  # ms: dead letters written after it are left for another run
     starts: dict[TopicPartition, int]  # the DLQ's range when the run began
     ends: dict[TopicPartition, int]
     targets: set[str] = field(default_factory=set)
@@ -343,35 +344,40 @@ class Redrive:
             raise BrokerUnavailable(f"cannot read {self.dlq}: {_describe(exc)}") from exc
 
     async def _letters(self, read: Reading, plan: _Plan) -> AsyncIterator[DeadLetter]:
-        """The dead letters up to the end offsets read when the run began, in order per
-        partition; until nothing comes for IDLE seconds where end offsets cannot be trusted."""
+        """The dead letters the DLQ held when the run began, in order per partition: up to its
+        end offsets then, and past them while the records are older than the run (a broker may
+        report an end offset short after a multi-record batch: Tansu), until none comes."""
         ends = plan.ends
         left = {tp for tp, end in ends.items() if end > plan.starts.get(tp, 0)}
+        reached: set[TopicPartition] = set()
         last = time.monotonic()
         while left and not self.stopping and time.monotonic() - last < IDLE:
             try:
                 batch = await read.consumer.getmany(*left, timeout_ms=200)
             except KafkaError as exc:
                 raise BrokerUnavailable(f"cannot read {self.dlq}: {_describe(exc)}") from exc
+            if not batch and left <= reached:
+                return  # at every end, and nothing older than the run beyond them
             if batch:
                 last = time.monotonic()
             for tp, messages in batch.items():
                 for message in messages:
-                    if message.offset >= ends[tp]:
-                        left.discard(tp)
+                    if message.offset >= ends[tp] and message.timestamp > plan.began:
+                        left.discard(tp)  # written since the run began
                         break
                     yield DeadLetter.of(message)
                 if messages and messages[-1].offset >= ends[tp] - 1:
-                    left.discard(tp)
+                    reached.add(tp)
 
     def _prepare(self, letter: DeadLetter) -> Prepared:
         return self.pipeline.prepare(letter.body, letter.content_type, letter.received_at)
 
     async def _plan(self) -> _Plan:
+        began = round(time.time() * 1000)
         async with self._reading_dlq() as read:
             ends = await read.consumer.end_offsets(read.partitions)
             starts = await read.consumer.beginning_offsets(read.partitions)
-            plan = _Plan(starts, ends)
+            plan = _Plan(began, starts, ends)
             self.summary.in_dlq = sum(ends[tp] - starts[tp] for tp in read.partitions)
             async for letter in self._letters(read, plan):
                 if not self.filters.select(letter):
