@@ -42,7 +42,7 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-docs: install  ## regenerate the README's configuration table
+docs: install  ## regenerate the README's configuration table and asyncapi.yaml
 	$(BIN)/python scripts/update_readme.py
 
 bench: install  ## benchmark; not part of `make test`

@@ -34,7 +34,7 @@ FLUSH_EVERY = 1.0  # seconds between writes of the event ids to the spool's file
 class Container:
     def __init__(self, settings: Settings, publisher: Publisher | None = None) -> None:
         self.settings = settings
-        self.schemas = load_schemas()
+        self.schemas = load_schemas(settings.schema_dir)
         self.codec = Codec(self.schemas)
         self.spool = (
             Spool(settings.spool_dir, settings.spool_max_bytes)

@@ -19,7 +19,7 @@ from bridge.broker import EmbeddedBroker, KafkaCluster, free_port, kafka_missing
 from bridge.errors import BrokerUnavailable
 from bridge.event_ids import ensure_topic, event_ids_topic
 from bridge.kafka import create_topics_and_wait
-from bridge.routing import all_topics
+from bridge.routing import topics_of
 from bridge.settings import Settings
 from bridge.supervisor import run
 
@@ -75,9 +75,7 @@ def serve(settings: Settings, partitions: int, broker_kind: str = "tansu") -> in
             changes["spool_dir"] = Path(tempfile.mkdtemp(prefix="bridge-dev-spool-"))
         settings = settings.model_copy(update=changes)
         asyncio.run(
-            create_topics_and_wait(
-                broker.bootstrap_servers, all_topics(settings.topic_prefix), partitions
-            )
+            create_topics_and_wait(broker.bootstrap_servers, topics_of(settings), partitions)
         )
         asyncio.run(ensure_topic(settings, event_ids_topic(settings)))
         scheme = "https" if settings.tls_certfile else "http"
@@ -97,7 +95,7 @@ def banner(settings: Settings, broker: DevBroker, url: str) -> str:
             "",
             f"  Kafka broker           {broker.bootstrap_servers}  {broker.description}",
             f"  broker log             {broker.log_path}",
-            f"  topics                 {', '.join(all_topics(settings.topic_prefix))}",
+            f"  topics                 {', '.join(topics_of(settings))}",
             f"  webhook URL            {url}",
             "                         (the last segment is the token: keep the URL secret)",
             "",

@@ -119,7 +119,19 @@ async def reading(
                 await consumer.seek_to_end(*partitions)
         yield Reading(consumer, partitions, [t for t in wanted if t not in available])
     finally:
+        await _stop(consumer)
+
+
+async def _stop(consumer: AIOKafkaConsumer) -> None:
+    try:
         await consumer.stop()
+    except asyncio.CancelledError:
+        # With the broker gone, aiokafka's fetch task, cancelled by `stop()`, can let its
+        # CancelledError out of `stop()`: it would replace the error being raised (`bridge
+        # redrive`'s one line). Only a cancellation of this task goes on.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
 
 
 async def consume_until_idle(

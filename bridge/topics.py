@@ -25,7 +25,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from bridge.errors import BrokerUnavailable, PublishRefused, TopicUnavailable
 from bridge.kafka import TopicSpec, create_topics, kafka_options
-from bridge.routing import all_topics
+from bridge.routing import topics_of
 from bridge.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
     """At start: every topic bridge writes exists, or TopicUnavailable names the first one
     missing and the command that creates them all; with BRIDGE_KAFKA_CREATE_TOPICS=true the
     missing ones are created instead. Returns the topics created."""
-    topics = all_topics(settings.topic_prefix)
+    topics = topics_of(settings)
     client = AIOKafkaClient(**kafka_options(settings))
     try:
         async with asyncio.timeout(settings.kafka_connect_timeout):
@@ -159,7 +159,7 @@ class TopicWatch:
 
     def __init__(self, settings: Settings, *, kafka: bool = True) -> None:
         self._settings = settings
-        self.topics = all_topics(settings.topic_prefix)
+        self.topics = topics_of(settings)
         self._kafka = kafka
         self._client: AIOKafkaClient | None = None
         self.refused: dict[str, Refusal] = {}

@@ -18,17 +18,19 @@ import httpx2
 import orjson
 import pytest
 import trustme
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.protocol.admin import CreateAclsRequest
 
 from bridge.broker import KafkaCluster, KafkaSecurity, free_port, kafka_missing
-from bridge.errors import PublishRefused, TopicUnavailable
+from bridge.errors import BrokerUnavailable, PublishRefused, TopicUnavailable
 from bridge.kafka import consume_until_idle, create_topics_and_wait
 from bridge.pipeline import Pipeline
 from bridge.publish import Delivery, MemoryPublisher
 from bridge.record import Record
+from bridge.redrive import Filters, redrive
 from bridge.routing import all_topics
 from bridge.settings import Settings, load_settings
 from bridge.spool import Spool
@@ -270,7 +272,7 @@ async def test_the_create_setting_creates_what_is_missing_with_the_given_shape(
         kafka_topic_replication_factor=1,
     )
     created = await ensure_topics(settings)
-    assert created == [f"{prefix}waba_template", f"{prefix}chatbot", f"{prefix}dlq"]
+    assert created == [f"{prefix}chatbot", f"{prefix}waba_template", f"{prefix}dlq"]
     assert len(kafka.partitions(f"{prefix}call")) == 2  # what existed is left as it is
     for topic in created:
         states = kafka.partitions(topic)
@@ -403,3 +405,19 @@ async def test_a_topic_deleted_while_running_is_named_in_readiness_and_never_ans
     finally:
         with pytest.raises(StopIteration):
             next(servers)
+
+
+@pytest.mark.kafka
+async def test_redrive_names_a_dlq_it_may_describe_but_not_read(
+    kafka: KafkaCluster, tmp_path: Path
+) -> None:
+    prefix = _prefix()
+    await create_topics_and_wait(kafka.bootstrap_servers, [f"{prefix}dlq"])
+    async with AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers) as producer:
+        await producer.send_and_wait(f"{prefix}dlq", b"{}", headers=[("dlq-reason", b"x")])
+    _grant(kafka, DESCRIBE, f"{prefix}dlq")  # and not READ
+    settings = _sasl_settings(kafka, prefix, tmp_path)
+    with pytest.raises(BrokerUnavailable) as refused:
+        await redrive(settings, Filters())
+    [line] = str(refused.value).splitlines()
+    assert line.startswith(f"cannot read {prefix}dlq: TopicAuthorizationFailedError")
