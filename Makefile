@@ -51,7 +51,7 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-docs: install  ## regenerate the configuration table in docs/configuration.md
+docs: install  ## regenerate the configuration table in docs/configuration.md and asyncapi.yaml
 	$(BIN)/python scripts/update_readme.py
 
 bench: install  ## benchmark; not part of `make test`

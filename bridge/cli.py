@@ -14,8 +14,8 @@ from pathlib import Path
 from bridge import __version__
 from bridge.codec.compat import LEVELS
 from bridge.codec.registry import SchemaRegistry, resolve_ids
-from bridge.codec.schemas import load_schemas
-from bridge.commands import healthcheck, replay, schema_tools
+from bridge.codec.schemas import declarations, load_schemas
+from bridge.commands import healthcheck, redrive, replay, schema_tools
 from bridge.commands.tail import TailOptions, tail
 from bridge.errors import BridgeError, ConfigError
 from bridge.http import supervisor
@@ -24,6 +24,7 @@ from bridge.kafka.diagnosis import check_connection
 from bridge.kafka.event_ids import ensure_topic, event_ids_topic
 from bridge.kafka.publish import KafkaPublisher
 from bridge.kafka.topics import ensure_topics
+from bridge.notifications.asyncapi import DEAD_LETTER_REASONS
 from bridge.notifications.parse import TYPES
 from bridge.notifications.routing import DLQ
 from bridge.settings import Settings, load_settings
@@ -80,8 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         "--type",
         dest="types",
         action="append",
-        choices=[*TYPES, DLQ],
-        help="topic to read, repeatable (default: all four)",
+        metavar="TYPE",
+        help=f"topic to read, repeatable: {', '.join((*TYPES, DLQ))}, or a type declared in "
+        "BRIDGE_SCHEMA_DIR (default: all)",
     )
     tail_.add_argument("--case-id", help="only this case's records, in order")
     tail_.add_argument(
@@ -160,10 +162,85 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=2.0, help="seconds to wait for the answer (2)"
     )
     health.set_defaults(run=_healthcheck)
+    _redrive_parser(commands)
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=_version)
     return parser
+
+
+def _redrive_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    redrive_ = commands.add_parser(
+        "redrive",
+        help="send the dead letters that type now (a schema added, a bug fixed) to their "
+        "topics, once; what still fails stays in the DLQ",
+    )
+    redrive_.add_argument(
+        "--reason",
+        dest="reasons",
+        action="append",
+        choices=DEAD_LETTER_REASONS,
+        metavar="REASON",
+        help=f"only dead letters of this reason, repeatable: {', '.join(DEAD_LETTER_REASONS)} "
+        "(default: all)",
+    )
+    for name, what in (("--since", "at or after"), ("--until", "before")):
+        redrive_.add_argument(
+            name,
+            type=_moment,
+            metavar="TIME",
+            help=f"only dead letters received {what} TIME (ISO 8601; UTC unless it says)",
+        )
+    redrive_.add_argument("--case-id", help="only this case's dead letters")
+    redrive_.add_argument(
+        "--type",
+        dest="types",
+        action="append",
+        metavar="TYPE",
+        help="only dead letters whose body's `type` is TYPE, a declared type (repeatable)",
+    )
+    redrive_.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="report per reason what would be stored, skipped and left; write nothing",
+    )
+    redrive_.set_defaults(run=_redrive)
+
+
+def _moment(text: str) -> float:
+    try:
+        return redrive.moment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _redrive(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
+    s = settings()
+    configure_logging(s)
+    if args.since is not None and args.until is not None and args.since >= args.until:
+        raise ConfigError("bridge redrive: --since must be before --until")
+    known = declarations(s.schema_dir)
+    unknown = sorted(set(args.types or ()) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"bridge redrive --type: {', '.join(unknown)} is not a declared type "
+            f"(declared: {', '.join(known)}; a new one needs its schema first)"
+        )
+    filters = redrive.Filters(
+        reasons=frozenset(args.reasons or ()),
+        since=args.since,
+        until=args.until,
+        case_id=args.case_id,
+        types=frozenset(args.types or ()),
+    )
+    progress = sys.stderr if sys.stderr.isatty() else None
+    summary = asyncio.run(redrive.redrive(s, filters, dry_run=args.dry_run, progress=progress))
+    print(f"{'redrive (dry run)' if args.dry_run else 'redrive'}: {summary.line()}")
+    for line in summary.report():
+        print(line)
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failing else 0
 
 
 def _version(_: argparse.Namespace, __: Callable[[], Settings]) -> int:
@@ -194,7 +271,7 @@ async def _preflight(settings: Settings) -> None:
         registry = SchemaRegistry(settings)
         try:
             # Only the ids: the app resolves them again, in each worker, when it starts.
-            await resolve_ids(registry, settings, load_schemas())
+            await resolve_ids(registry, settings, load_schemas(settings.schema_dir))
         finally:
             await registry.close()
     # First a connection of our own: a refusal (credentials, certificates) names its setting.
@@ -270,13 +347,18 @@ def _replay(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
 
 
 def _tail(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
+    s = settings()
+    known = (*declarations(s.schema_dir), DLQ)
+    unknown = [kind for kind in args.types or () if kind not in known]
+    if unknown:
+        raise ConfigError(f"bridge tail --type: unknown {unknown}; known: {', '.join(known)}")
     options = TailOptions(
-        types=tuple(args.types or (*TYPES, DLQ)),
+        types=tuple(args.types or known),
         case_id=args.case_id,
         from_beginning=args.from_beginning,
         until_idle=args.until_idle,
         format=args.format,
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(tail(settings(), options))
+        asyncio.run(tail(s, options))
     return 0

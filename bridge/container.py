@@ -39,7 +39,7 @@ class Container:
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
-        self.schemas = load_schemas()
+        self.schemas = load_schemas(settings.schema_dir)
         self.codec = Codec(self.schemas)
         self.spool = (
             Spool(settings.spool_dir, settings.spool_max_bytes)
@@ -164,7 +164,7 @@ def build_pipeline(
     need a Kafka of bridge's own (the shared event ids, the topic watch's questions) and of a
     registry: for `bridge replay --kafka`, tests and the bench. `spool` is opened and closed
     by the caller."""
-    schemas = load_schemas()
+    schemas = load_schemas(settings.schema_dir)
     return Pipeline(
         settings,
         publisher,

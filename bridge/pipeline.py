@@ -103,6 +103,8 @@ class Pipeline:
         self.settings = settings
         self.publisher = publisher
         self.schemas = schemas
+        # Each type's event-id rule, as its schema declares it.
+        self.rules = {kind: schema.event_id for kind, schema in self.schemas.items()}
         self.mappers = {kind: Mapper(schema) for kind, schema in self.schemas.items()}
         # The one-pass writer where the schema's shape allows it (always, for ours).
         self.writers = {kind: _writer(schema) for kind, schema in self.schemas.items()}
@@ -143,7 +145,7 @@ class Pipeline:
     def prepare(self, body: bytes, content_type: str, received_at: float) -> Prepared:
         """Parse, map, encode and route; what cannot be typed becomes a dead letter."""
         try:
-            notification = parse_notification(body)
+            notification = parse_notification(body, self.rules)
             writer = self.writers[notification.type]
             if writer is not None:
                 value = self.codec.frame(notification.type, writer.write(notification.data))

@@ -234,6 +234,12 @@ class Settings(BaseSettings):
         description="`lookup`: use the schemas CI/CD registered, refuse to start if missing; "
         "`auto`: register them at start (development).",
     )
+    schema_dir: Path | None = Field(
+        None,
+        description="Folder of the Avro schemas (default: the packaged avro/ folder). Each "
+        "top-level schema declaring `x-notification` is a notification type, written to "
+        "`<prefix><type>` (see README, 'Adding a notification type').",
+    )
     schema_compatibility: Literal["BACKWARD", "FORWARD", "FULL", "NONE"] = Field(
         "BACKWARD",
         description="Level `bridge schemas check` enforces against avro/history/.",
@@ -257,7 +263,7 @@ class Settings(BaseSettings):
                     raise ValueError(f"{variable}: cannot read {path}: {exc.strerror}") from None
         return data
 
-    @field_validator("spool_dir", mode="before")
+    @field_validator("spool_dir", "schema_dir", mode="before")
     @classmethod
     def _empty_means_no_spool(cls, value: object) -> object:
         return None if value == "" else value

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -24,11 +25,8 @@ import pytest
 import uvicorn
 from aiokafka import ConsumerRecord
 
-from bridge.devbrokers.launcher import (
-    EmbeddedBroker,
-    KafkaCluster,
-    kafka_missing,
-)
+from bridge.codec.schemas import default_schema_dir
+from bridge.devbrokers.launcher import EmbeddedBroker, KafkaCluster, kafka_missing
 from bridge.errors import BrokerUnavailable, PublishError
 from bridge.http.ports import free_port
 from bridge.http.supervisor import serving
@@ -41,6 +39,7 @@ from bridge.settings import Settings, load_settings
 from tests.registry_double import Registry
 
 __all__ = [
+    "NEW_TYPE",
     "Broker",
     "DevBanner",
     "RunningRegistry",
@@ -58,8 +57,10 @@ __all__ = [
     "run_sync",
     "sample",
     "sample_bytes",
+    "schema_dir_with_new_type",
     "serve_in_thread",
     "started",
+    "task_end",
     "tmpfs",
     "wait_for",
     "wait_for_port",
@@ -87,6 +88,81 @@ def notification(case: str, step: int) -> bytes:
     data = sample("call")
     data["callee"] = {**data["callee"], "case_id": case}
     data["call"] = {**data["call"], "call_id": f"{case}/{step}"}
+    return orjson.dumps(data)
+
+
+# A notification type the packaged schemas do not have: added by one schema file.
+NEW_TYPE = "task_end"
+_NEW_TYPE_SCHEMA = {
+    "type": "record",
+    "name": "TaskEndNotification",
+    "namespace": "airudder",
+    "x-notification": {
+        "type": NEW_TYPE,
+        "event-id": ["task_end.task_id"],
+        "description": "A dialling task ended.",
+    },
+    "doc": "A dialling task ended (`type` = `task_end`); topic <prefix>task_end.",
+    "fields": [
+        {"name": "type", "type": ["null", "string"], "default": None, "doc": "task_end."},
+        {"name": "timestamp", "type": ["null", "long"], "default": None, "doc": "Unix s."},
+        {"name": "callee", "type": ["null", "airudder.Callee"], "default": None, "doc": "Case."},
+        {
+            "name": "task_end",
+            "default": None,
+            "doc": "The task.",
+            "type": [
+                "null",
+                {
+                    "type": "record",
+                    "name": "TaskEnd",
+                    "doc": "A task.",
+                    "fields": [
+                        {"name": name, "type": ["null", kind], "default": None, "doc": name}
+                        for name, kind in (("task_id", "string"), ("status", "string"))
+                    ]
+                    + [
+                        {"name": "calls", "type": ["null", "long"], "default": None, "doc": "n"},
+                        {
+                            "name": "unmapped",
+                            "type": {"type": "map", "values": "string"},
+                            "default": {},
+                            "doc": "The rest.",
+                        },
+                    ],
+                },
+            ],
+        },
+        {
+            "name": "unmapped",
+            "type": {"type": "map", "values": "string"},
+            "default": {},
+            "doc": "The rest.",
+        },
+    ],
+}
+
+
+def schema_dir_with_new_type(tmp_path: Path) -> Path:
+    """The packaged schemas (and their history) copied to a folder of its own, plus one file
+    declaring the type `task_end`: what a team adds to avro/ for a new notification type."""
+    folder = tmp_path / "avro"
+    shutil.copytree(default_schema_dir(), folder)
+    (folder / "airudder.TaskEndNotification.avsc").write_bytes(
+        orjson.dumps(_NEW_TYPE_SCHEMA, option=orjson.OPT_INDENT_2)
+    )
+    return folder
+
+
+def task_end(case: str, task_id: str, **extra: Any) -> bytes:
+    """A notification of the new type (`schema_dir_with_new_type`)."""
+    data = {
+        "type": NEW_TYPE,
+        "timestamp": 1733000000,
+        "callee": {"case_id": case, "phone_number": "+6200000000"},
+        "task_end": {"task_id": task_id, "status": "finished", "calls": 3},
+        **extra,
+    }
     return orjson.dumps(data)
 
 

@@ -20,7 +20,7 @@ from tests.helpers import sample_bytes
 
 def test_one_topic_per_type_and_a_dead_letter_topic() -> None:
     assert topic_for("airudder.", "call") == "airudder.call"
-    assert all_topics("x-") == ["x-call", "x-waba_template", "x-chatbot", "x-dlq"]
+    assert all_topics("x-") == ["x-call", "x-chatbot", "x-waba_template", "x-dlq"]
 
 
 def test_received_at_is_rfc3339_utc_with_milliseconds() -> None:

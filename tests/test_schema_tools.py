@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from starlette.testclient import TestClient
 
@@ -23,7 +24,7 @@ from bridge.errors import ConfigError
 from bridge.http.app import WEBHOOK_PATH, create_app
 from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import Settings, load_settings
-from tests.helpers import RunningRegistry, sample_bytes
+from tests.helpers import NEW_TYPE, RunningRegistry, sample_bytes, schema_dir_with_new_type
 
 SCHEMAS = load_schemas()
 SUBJECT = "airudder.chatbot-value"
@@ -231,3 +232,34 @@ def test_snapshot_keeps_a_changed_schema_as_the_next_version_only_once(tmp_path:
     assert written == versions[-1]
     assert written.name == f"v{len(versions)}.avsc"
     assert snapshot(schemas) == []
+
+
+async def test_a_new_type_is_checked_and_kept_without_other_edits(tmp_path: Path) -> None:
+    schemas = schema_dir_with_new_type(tmp_path)
+    report = await check_schemas(load_settings(schema_dir=schemas), "BACKWARD")
+    assert report.failures == []
+    assert f"{NEW_TYPE}: a new type, no version kept yet (`bridge schemas snapshot` keeps v1)" in (
+        report.checked
+    )
+    [written] = snapshot(schemas)
+    assert written == schemas / "history" / NEW_TYPE / "v1.avsc"
+    kept = orjson.loads(written.read_bytes())
+    assert kept["name"] == "airudder.TaskEndNotification"
+    assert "x-notification" not in kept  # bridge's declaration, not the contract
+    report = await check_schemas(load_settings(schema_dir=schemas), "FULL")
+    assert f"{NEW_TYPE}: v1 (FULL)" in report.checked
+
+
+async def test_an_event_id_rule_that_names_no_string_field_fails_the_check(
+    tmp_path: Path,
+) -> None:
+    schemas = schema_dir_with_new_type(tmp_path)
+    path = schemas / "airudder.TaskEndNotification.avsc"
+    schema = orjson.loads(path.read_bytes())
+    schema["x-notification"]["event-id"] = ["task_end.task_id", "task_end.calls", "task_end.nope"]
+    path.write_bytes(orjson.dumps(schema))
+    report = await check_schemas(load_settings(), "BACKWARD", schemas)
+    assert report.failures == [
+        f"{NEW_TYPE}: x-notification event-id task_end.calls: not a string field",
+        f"{NEW_TYPE}: x-notification event-id task_end.nope: not a string field",
+    ]

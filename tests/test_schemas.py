@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -7,7 +9,13 @@ import orjson
 import pytest
 
 from bridge.codec.mapping import UNMAPPED
-from bridge.codec.schemas import RECORD_NAMES, default_schema_dir, load_schemas, read_definitions
+from bridge.codec.schemas import (
+    RECORD_NAMES,
+    declarations,
+    default_schema_dir,
+    load_schemas,
+    read_definitions,
+)
 from bridge.errors import ConfigError
 
 SCHEMAS = load_schemas()
@@ -68,5 +76,43 @@ def test_a_misnamed_schema_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_schemas_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="schemas missing"):
+    with pytest.raises(ConfigError, match="no notification type declared"):
         load_schemas(tmp_path)
+
+
+def test_a_type_is_declared_by_its_schema_and_the_declaration_is_not_the_contract() -> None:
+    declared = declarations()
+    assert list(declared) == list(RECORD_NAMES) == ["call", "chatbot", "waba_template"]
+    assert declared["waba_template"].event_id == (
+        ("waba_template", "msg_id"),
+        ("waba_template", "status"),
+    )
+    assert SCHEMAS["call"].event_id == (("call", "call_id"),)
+    assert "x-notification" not in SCHEMAS["call"].definition
+    assert "x-notification" not in SCHEMAS["call"].canonical
+
+
+@pytest.mark.parametrize(
+    ("declaration", "said"),
+    [
+        ({"type": "dlq"}, "must be a lower-case name, not dlq"),
+        ({"type": "Task End"}, "must be a lower-case name"),
+        ({"type": "task_end", "event-id": "task_end.id"}, "must be a list of dotted member"),
+        ({"type": "task_end", "event-id": ["task_end..id"]}, "must be a list of dotted member"),
+        ({"type": "call"}, "type 'call' declared twice"),
+        ("task_end", "must be an object"),
+    ],
+)
+def test_a_bad_declaration_is_refused_in_one_line(
+    declaration: object, said: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "avro"
+    shutil.copytree(default_schema_dir(), folder)
+    (folder / "airudder.Other.avsc").write_bytes(
+        orjson.dumps(
+            {"type": "record", "name": "Other", "namespace": "airudder",
+             "x-notification": declaration, "fields": []}
+        )
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_schemas(folder)

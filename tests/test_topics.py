@@ -18,14 +18,16 @@ import httpx2
 import orjson
 import pytest
 import trustme
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.protocol.admin import CreateAclsRequest
 
+from bridge.commands.redrive import Filters, redrive
 from bridge.container import build_pipeline
 from bridge.devbrokers.launcher import KafkaCluster, KafkaSecurity, kafka_missing
-from bridge.errors import PublishRefused, TopicUnavailable
+from bridge.errors import BrokerUnavailable, PublishRefused, TopicUnavailable
 from bridge.http.ports import free_port
 from bridge.kafka.admin import create_topics_and_wait
 from bridge.kafka.client import consume_until_idle
@@ -226,7 +228,7 @@ def _waba(msg_id: str) -> bytes:
     return orjson.dumps(data)
 
 
-@pytest.mark.kafka
+@pytest.mark.apache  # its own Apache Kafka node with ACLs (the module fixture `kafka`)
 def test_serve_refuses_to_start_in_one_line_naming_the_missing_topic_and_the_command(
     kafka: KafkaCluster, tmp_path: Path
 ) -> None:
@@ -259,7 +261,7 @@ def test_serve_refuses_to_start_in_one_line_naming_the_missing_topic_and_the_com
     assert "BRIDGE_KAFKA_CREATE_TOPICS=true" in line
 
 
-@pytest.mark.kafka
+@pytest.mark.apache
 async def test_the_create_setting_creates_what_is_missing_with_the_given_shape(
     kafka: KafkaCluster,
 ) -> None:
@@ -273,7 +275,7 @@ async def test_the_create_setting_creates_what_is_missing_with_the_given_shape(
         kafka_topic_replication_factor=1,
     )
     created = await ensure_topics(settings)
-    assert created == [f"{prefix}waba_template", f"{prefix}chatbot", f"{prefix}dlq"]
+    assert created == [f"{prefix}chatbot", f"{prefix}waba_template", f"{prefix}dlq"]
     assert len(kafka.partitions(f"{prefix}call")) == 2  # what existed is left as it is
     for topic in created:
         states = kafka.partitions(topic)
@@ -298,7 +300,7 @@ async def test_the_create_setting_creates_what_is_missing_with_the_given_shape(
         await ensure_topics(three.model_copy(update={"kafka_topic_replication_factor": 3}))
 
 
-@pytest.mark.kafka
+@pytest.mark.apache
 async def test_a_write_the_acls_refuse_is_answered_503_never_200_shown_and_counted(
     kafka: KafkaCluster, tmp_path: Path
 ) -> None:
@@ -356,7 +358,7 @@ async def test_a_write_the_acls_refuse_is_answered_503_never_200_shown_and_count
     assert len(records) == 1  # the one answered 200, nothing of the refused ones
 
 
-@pytest.mark.kafka
+@pytest.mark.apache
 async def test_a_topic_deleted_while_running_is_named_in_readiness_and_never_answered_200(
     kafka: KafkaCluster, tmp_path: Path
 ) -> None:
@@ -406,3 +408,19 @@ async def test_a_topic_deleted_while_running_is_named_in_readiness_and_never_ans
     finally:
         with pytest.raises(StopIteration):
             next(servers)
+
+
+@pytest.mark.apache
+async def test_redrive_names_a_dlq_it_may_describe_but_not_read(
+    kafka: KafkaCluster, tmp_path: Path
+) -> None:
+    prefix = _prefix()
+    await create_topics_and_wait(kafka.bootstrap_servers, [f"{prefix}dlq"])
+    async with AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers) as producer:
+        await producer.send_and_wait(f"{prefix}dlq", b"{}", headers=[("dlq-reason", b"x")])
+    _grant(kafka, DESCRIBE, f"{prefix}dlq")  # and not READ
+    settings = _sasl_settings(kafka, prefix, tmp_path)
+    with pytest.raises(BrokerUnavailable) as refused:
+        await redrive(settings, Filters())
+    [line] = str(refused.value).splitlines()
+    assert line.startswith(f"cannot read {prefix}dlq: TopicAuthorizationFailedError")

@@ -1,9 +1,17 @@
-"""The Avro schemas in `avro/`: loaded once, expanded, fingerprinted."""
+"""The Avro schemas in `avro/`: loaded once, expanded, fingerprinted.
+
+A notification type is declared by its schema alone: a top-level record whose file carries
+`"x-notification": {"type": ..., "event-id": [...], "description": ...}`. The type's topic is
+`<prefix><type>`; its event id is `<type>:` and the values at the `event-id` paths joined by
+`:` (else a hash of the notification). The declaration is bridge's, not the contract's: it is
+taken off the schema before it is fingerprinted, registered or kept in history.
+"""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -15,12 +23,10 @@ from bridge.codec.common import PRIMITIVES, fullname
 from bridge.errors import ConfigError
 
 NAMESPACE: Final = "airudder"
-# The top-level record of each notification type.
-RECORD_NAMES: Final = {
-    "call": "airudder.CallNotification",
-    "waba_template": "airudder.WabaTemplateNotification",
-    "chatbot": "airudder.ChatbotNotification",
-}
+DECLARATION: Final = "x-notification"
+# A type names a topic (`<prefix><type>`), and `dlq` and `event-ids` are bridge's own.
+_TYPE_NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_RESERVED: Final = frozenset({"dlq", "event-ids", "event_ids"})
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,8 @@ class Schema:
     parsed: dict[str, Any] = field(repr=False)  # fastavro's compiled form
     canonical: str = field(repr=False)  # Avro Parsing Canonical Form
     fingerprint: bytes  # CRC-64-AVRO of `canonical`, little-endian, as in single-object encoding
+    # The declared event-id rule of a notification type's schema: paths of member names.
+    event_id: tuple[tuple[str, ...], ...] = ()
 
     @property
     def name(self) -> str:
@@ -59,11 +67,70 @@ def read_definitions(directory: Path) -> dict[str, dict[str, Any]]:
     return definitions
 
 
-def build(fullname: str, definitions: dict[str, dict[str, Any]]) -> Schema:
-    """Expand `fullname` with the shared types it references and fingerprint it."""
-    return from_definition(
-        _expand(definitions[fullname], definitions, defined=set(), namespace=NAMESPACE)
+@dataclass(frozen=True)
+class Declaration:
+    """A notification type, as its schema file declares it."""
+
+    type: str
+    record: str  # the full name of its top-level record
+    event_id: tuple[tuple[str, ...], ...]  # paths of member names, e.g. (("call", "call_id"),)
+    description: str
+
+
+def declarations(directory: Path | None = None) -> dict[str, Declaration]:
+    """The notification types declared in `directory`, by type, in file-name order."""
+    directory = directory or default_schema_dir()
+    return _declarations(read_definitions(directory), directory)
+
+
+def _declarations(definitions: dict[str, dict[str, Any]], where: Path) -> dict[str, Declaration]:
+    found: dict[str, Declaration] = {}
+    for name, definition in definitions.items():
+        declared = definition.get(DECLARATION)
+        if declared is None:
+            continue
+        declaration = _declaration(name, declared, where)
+        if declaration.type in found:
+            raise ConfigError(
+                f"type {declaration.type!r} declared twice in {where}: by "
+                f"{found[declaration.type].record} and {name}"
+            )
+        found[declaration.type] = declaration
+    if not found:
+        raise ConfigError(f"no notification type declared in {where} (no {DECLARATION!r})")
+    return found
+
+
+def _declaration(name: str, declared: object, where: Path) -> Declaration:
+    problem = f"schema {where / name}.avsc: {DECLARATION}"
+    if not isinstance(declared, dict):
+        raise ConfigError(f"{problem} must be an object")
+    kind, rule = declared.get("type"), declared.get("event-id", [])
+    if not isinstance(kind, str) or not _TYPE_NAME.fullmatch(kind) or kind in _RESERVED:
+        raise ConfigError(f"{problem}.type must be a lower-case name, not dlq: {kind!r}")
+    if not isinstance(rule, list) or not all(
+        isinstance(path, str) and all(path.split(".")) for path in rule
+    ):
+        raise ConfigError(f"{problem}.event-id must be a list of dotted member paths: {rule!r}")
+    return Declaration(
+        type=kind,
+        record=name,
+        event_id=tuple(tuple(path.split(".")) for path in rule),
+        description=str(declared.get("description", "")),
     )
+
+
+def build(fullname: str, definitions: dict[str, dict[str, Any]]) -> Schema:
+    """Expand `fullname` with the shared types it references and fingerprint it (its
+    declaration, if any, kept aside as `event_id`)."""
+    definition = dict(definitions[fullname])
+    declared = definition.pop(DECLARATION, None)
+    expanded = _expand(definition, definitions, defined=set(), namespace=NAMESPACE)
+    schema = from_definition(expanded)
+    if isinstance(declared, dict):
+        rule = declared.get("event-id", [])
+        schema = replace(schema, event_id=tuple(tuple(p.split(".")) for p in rule))
+    return schema
 
 
 def from_definition(expanded: dict[str, Any]) -> Schema:
@@ -79,12 +146,13 @@ def from_definition(expanded: dict[str, Any]) -> Schema:
 
 
 def load_schemas(directory: Path | None = None) -> dict[str, Schema]:
-    """The current schema of each notification type, by type."""
-    definitions = read_definitions(directory or default_schema_dir())
-    missing = set(RECORD_NAMES.values()) - definitions.keys()
-    if missing:
-        raise ConfigError(f"schemas missing from {directory}: {sorted(missing)}")
-    return {kind: build(name, definitions) for kind, name in RECORD_NAMES.items()}
+    """The current schema of each notification type declared in `directory`, by type."""
+    directory = directory or default_schema_dir()
+    definitions = read_definitions(directory)
+    return {
+        kind: build(declared.record, definitions)
+        for kind, declared in _declarations(definitions, directory).items()
+    }
 
 
 def history_dir(directory: Path | None = None) -> Path:
@@ -94,7 +162,7 @@ def history_dir(directory: Path | None = None) -> Path:
 def load_history(directory: Path | None = None) -> dict[str, list[tuple[str, Schema]]]:
     """Every published version of each type's schema, oldest first: avro/history/<type>/vN.avsc."""
     history: dict[str, list[tuple[str, Schema]]] = {}
-    for kind in RECORD_NAMES:
+    for kind in declarations(directory):
         files = sorted(
             (history_dir(directory) / kind).glob("v*.avsc"), key=lambda p: int(p.stem[1:])
         )
@@ -146,3 +214,8 @@ def _expand_complex(
     elif isinstance(kind, list | dict):
         out["type"] = _expand(kind, definitions, defined, namespace)
     return out
+
+
+# The types of the packaged schemas (`avro/`), for what has no settings at hand (the CLI's
+# choices, tests); the service takes them from BRIDGE_SCHEMA_DIR.
+RECORD_NAMES: Final = {kind: d.record for kind, d in declarations().items()}

@@ -21,7 +21,7 @@ from bridge.http.ports import free_port
 from bridge.http.supervisor import run
 from bridge.kafka.admin import create_topics_and_wait
 from bridge.kafka.event_ids import ensure_topic, event_ids_topic
-from bridge.notifications.routing import all_topics
+from bridge.notifications.routing import topics_of
 from bridge.settings import Settings
 
 # The sample the banner's curl posts: shipped in the wheel (pyproject's force-include), else
@@ -80,9 +80,7 @@ def serve(settings: Settings, partitions: int, broker_kind: str = "tansu") -> in
             changes["spool_dir"] = Path(tempfile.mkdtemp(prefix="bridge-dev-spool-"))
         settings = settings.model_copy(update=changes)
         asyncio.run(
-            create_topics_and_wait(
-                broker.bootstrap_servers, all_topics(settings.topic_prefix), partitions
-            )
+            create_topics_and_wait(broker.bootstrap_servers, topics_of(settings), partitions)
         )
         asyncio.run(ensure_topic(settings, event_ids_topic(settings)))
         scheme = "https" if settings.tls_certfile else "http"
@@ -102,7 +100,7 @@ def banner(settings: Settings, broker: DevBroker, url: str) -> str:
             "",
             f"  Kafka broker           {broker.bootstrap_servers}  {broker.description}",
             f"  broker log             {broker.log_path}",
-            f"  topics                 {', '.join(all_topics(settings.topic_prefix))}",
+            f"  topics                 {', '.join(topics_of(settings))}",
             f"  webhook URL            {url}",
             "                         (the last segment is the token: keep the URL secret)",
             "",

@@ -21,7 +21,7 @@ from bridge.errors import BridgeError, InvalidNotification
 from bridge.kafka.client import reading
 from bridge.kafka.publish import KafkaPublisher
 from bridge.notifications.parse import parse_notification
-from bridge.notifications.routing import all_topics, dead_letter_id
+from bridge.notifications.routing import dead_letter_id, topics_of
 from bridge.settings import Settings
 
 RETRIES = 3
@@ -145,7 +145,7 @@ async def to_kafka(
 async def stored_event_ids(settings: Settings, idle: float = 2.0) -> frozenset[str]:
     """The `event-id` header of every record already in the topics (values are not read)."""
     found: set[str] = set()
-    topics = all_topics(settings.topic_prefix)
+    topics = topics_of(settings)
     client_id = f"{settings.kafka_client_id}-replay"
     async with reading(settings, topics, client_id=client_id) as read:
         async for message in read.records(idle):

@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from bridge.codec.compat import problems
 from bridge.codec.registry import SchemaRegistry, subjects
@@ -22,7 +22,7 @@ class CheckReport:
 
 
 async def list_schemas(settings: Settings, out: IO[str] = sys.stdout, *, as_json: bool) -> None:
-    schemas = load_schemas()
+    schemas = load_schemas(settings.schema_dir)
     names = subjects(settings, schemas)
     ids: dict[str, int | None] = dict.fromkeys(schemas)
     if settings.schema_registry_url:
@@ -61,8 +61,15 @@ async def check_schemas(
     """Each current schema against every version kept in avro/history/ (offline), and, when a
     registry is configured, against the versions registered for its subject."""
     report = CheckReport()
+    schema_dir = schema_dir or settings.schema_dir
     current = load_schemas(schema_dir)
+    for kind, schema in current.items():
+        report.failures += [f"{kind}: {p}" for p in rule_problems(schema)]
     for kind, versions in load_history(schema_dir).items():
+        if not versions:
+            report.checked.append(
+                f"{kind}: a new type, no version kept yet (`bridge schemas snapshot` keeps v1)"
+            )
         for version, old in versions:
             report.checked.append(f"{kind}: {version} ({level})")
             report.failures += [
@@ -115,7 +122,7 @@ async def _check_subject(
 async def register_schemas(settings: Settings) -> dict[str, tuple[str, int]]:
     if not settings.schema_registry_url:
         raise ConfigError("invalid setting BRIDGE_SCHEMA_REGISTRY_URL: required to register")
-    schemas = load_schemas()
+    schemas = load_schemas(settings.schema_dir)
     names = subjects(settings, schemas)
     registry = SchemaRegistry(settings)
     try:
@@ -125,6 +132,35 @@ async def register_schemas(settings: Settings) -> dict[str, tuple[str, int]]:
         }
     finally:
         await registry.close()
+
+
+def rule_problems(schema: Schema) -> list[str]:
+    """What is wrong with a type's declared event-id rule: each path must name a string field
+    (through records, `["null", record]` unions included) of the schema."""
+    found = []
+    for path in schema.event_id:
+        node: Any = schema.definition
+        for name in path:
+            node = _record_of(node)
+            fields = {f["name"]: f for f in node.get("fields", ())} if node else {}
+            if name not in fields:
+                node = None
+                break
+            node = fields[name]["type"]
+        if node is None or not _is_string(node):
+            found.append(f"x-notification event-id {'.'.join(path)}: not a string field")
+    return found
+
+
+def _record_of(node: Any) -> dict[str, Any] | None:
+    if isinstance(node, list):
+        records = [b for b in node if isinstance(b, dict) and b.get("type") == "record"]
+        return records[0] if len(records) == 1 else None
+    return node if isinstance(node, dict) and node.get("type") == "record" else None
+
+
+def _is_string(node: Any) -> bool:
+    return node == "string" or (isinstance(node, list) and "string" in node)
 
 
 def snapshot(schema_dir: Path | None = None) -> list[Path]:

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import orjson
@@ -35,11 +36,14 @@ class Decoder:
     """Turns a consumed record into the JSON document `bridge tail --format json` prints."""
 
     def __init__(
-        self, schemas: dict[str, Schema] | None = None, registry: SchemaRegistry | None = None
+        self,
+        schemas: dict[str, Schema] | None = None,
+        registry: SchemaRegistry | None = None,
+        directory: Path | None = None,
     ) -> None:
-        schemas = schemas or load_schemas()
+        schemas = schemas or load_schemas(directory)
         # Every version kept in avro/history/ decodes too: old records stay readable.
-        history = [s for versions in load_history().values() for _, s in versions]
+        history = [s for versions in load_history(directory).values() for _, s in versions]
         self._codec = Codec(schemas, known=history)
         self._registry = registry
         self._mappers: dict[str, Mapper] = {}
@@ -118,7 +122,7 @@ async def tail(settings: Settings, options: TailOptions, out: IO[str] = sys.stdo
     """Print the records; return how many were printed."""
     await check_connection(settings)  # a refusal in one line naming its setting
     registry = SchemaRegistry(settings) if settings.schema_registry_url else None
-    decoder = Decoder(registry=registry)
+    decoder = Decoder(registry=registry, directory=settings.schema_dir)
     topics = [topic_for(settings.topic_prefix, kind) for kind in options.types]
     key = options.case_id.encode() if options.case_id is not None else None
     printed = 0

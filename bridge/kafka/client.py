@@ -4,6 +4,7 @@ them after a multi-record batch). Creating, checking and describing topics is `k
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -109,7 +110,19 @@ async def reading(
                 await consumer.seek_to_end(*partitions)
         yield Reading(consumer, partitions, [t for t in wanted if t not in available])
     finally:
+        await _stop(consumer)
+
+
+async def _stop(consumer: AIOKafkaConsumer) -> None:
+    try:
         await consumer.stop()
+    except asyncio.CancelledError:
+        # With the broker gone, aiokafka's fetch task, cancelled by `stop()`, can let its
+        # CancelledError out of `stop()`: it would replace the error being raised (`bridge
+        # redrive`'s one line). Only a cancellation of this task goes on.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
 
 
 async def consume_until_idle(

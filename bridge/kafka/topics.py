@@ -20,7 +20,7 @@ from bridge.errors import PublishRefused, TopicUnavailable
 from bridge.kafka.admin import MISSING, NOT_DESCRIBABLE, TopicSpec, create_topics, describe
 from bridge.kafka.client import kafka_options
 from bridge.kafka.errors import UNREACHABLE, unavailable
-from bridge.notifications.routing import all_topics
+from bridge.notifications.routing import topics_of
 from bridge.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
     """At start: every topic bridge writes exists, or TopicUnavailable names the first one
     missing and the command that creates them all; with BRIDGE_KAFKA_CREATE_TOPICS=true the
     missing ones are created instead. Returns the topics created."""
-    topics = all_topics(settings.topic_prefix)
+    topics = topics_of(settings)
     client = AIOKafkaClient(**kafka_options(settings))
     try:
         async with asyncio.timeout(settings.kafka_connect_timeout):
@@ -136,7 +136,7 @@ class TopicWatch:
 
     def __init__(self, settings: Settings, *, kafka: bool = True) -> None:
         self._settings = settings
-        self.topics = all_topics(settings.topic_prefix)
+        self.topics = topics_of(settings)
         self._kafka = kafka
         self._client: AIOKafkaClient | None = None
         self.refused: dict[str, Refusal] = {}

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import orjson
 
-from bridge.codec.schemas import RECORD_NAMES
+from bridge.codec.schemas import declarations
 from bridge.errors import InvalidNotification
 
-TYPES: Final = tuple(RECORD_NAMES)  # call, waba_template, chatbot: one schema each
+# Each notification type's event-id rule: the paths of the members its id is made of. Declared
+# by the schemas (`x-notification`); these are the packaged ones', the pipeline has its own.
+Rules = Mapping[str, tuple[tuple[str, ...], ...]]
+RULES: Final[Rules] = {kind: d.event_id for kind, d in declarations().items()}
+TYPES: Final = tuple(RULES)  # call, chatbot, waba_template: one schema each
 MAX_DEPTH: Final = 254  # orjson's limit when writing; every record must be writable
 # A cheap test first (a run of 20 digits anywhere), the exact one only when it passes.
 _DIGITS_ONLY: Final = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
@@ -29,7 +34,7 @@ class Notification:
     data: dict[str, Any]
 
 
-def parse_notification(body: bytes) -> Notification:
+def parse_notification(body: bytes, rules: Rules = RULES) -> Notification:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -49,10 +54,11 @@ def parse_notification(body: bytes) -> Notification:
     if _TWENTY_DIGITS in body.translate(_DIGITS_ONLY) and _has_huge_integer(body):
         raise InvalidNotification("number-out-of-range", "an integer beyond 64 bits")
     kind = data.get("type")
-    if kind not in TYPES:
+    rule = rules.get(kind) if type(kind) is str else None
+    if rule is None or not isinstance(kind, str):
         raise InvalidNotification("unknown-type", repr(kind)[:100])
     return Notification(
-        type=kind, case_id=case_id_of(data), event_id=event_id_of(kind, data), data=data
+        type=kind, case_id=case_id_of(data), event_id=_event_id(kind, rule, data), data=data
     )
 
 
@@ -75,24 +81,33 @@ def case_id_of(data: dict[str, Any]) -> str:
     raise InvalidNotification("missing-case-id", repr(value)[:100])
 
 
-def event_id_of(kind: str, data: dict[str, Any]) -> str:
+def event_id_of(kind: str, data: dict[str, Any], rules: Rules = RULES) -> str:
     """A stable id per event: the vendor's retries of one notification share it.
 
-    The natural ids first (`call.call_id`; the WABA message id with its new status, as each
-    status change is its own event; the chatbot session's `call_id`), else a hash of the
-    notification's canonical JSON, so the same content always gives the same id.
+    The natural ids its schema declares first (`call.call_id`; the WABA message id with its
+    new status, as each status change is its own event; the chatbot session's `call_id`), else
+    a hash of the notification's canonical JSON, so the same content always gives the same id.
     """
-    section = data.get(kind)
-    if isinstance(section, dict):
-        if kind == "waba_template":
-            msg_id, status = section.get("msg_id"), section.get("status")
-            if _is_id(msg_id) and _is_id(status):
-                return f"waba_template:{msg_id}:{status}"
-        elif _is_id(call_id := section.get("call_id")):
-            return f"{kind}:{call_id}"
+    return _event_id(kind, rules.get(kind, ()), data)
+
+
+def _event_id(kind: str, rule: tuple[tuple[str, ...], ...], data: dict[str, Any]) -> str:
+    if rule:
+        ids = [value for path in rule if _is_id(value := _member(data, path))]
+        if len(ids) == len(rule):
+            return f"{kind}:{':'.join(ids)}"
     digest = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return f"{kind}:sha256:{digest}"
 
 
-def _is_id(value: object) -> bool:
+def _member(data: dict[str, Any], path: tuple[str, ...]) -> object:
+    found: object = data
+    for name in path:
+        if not isinstance(found, dict):
+            return None
+        found = found.get(name)
+    return found
+
+
+def _is_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and 0 < len(value) <= 200

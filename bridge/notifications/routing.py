@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
-from bridge.codec.schemas import Schema
+from bridge.codec.schemas import Schema, declarations
 from bridge.notifications.parse import TYPES, Notification
 from bridge.notifications.record import Headers
+from bridge.settings import Settings
 from bridge.telemetry.logs import timestamp
 
 DLQ: str = "dlq"
+REDRIVEN_FROM: str = "redriven-from"  # on records `bridge redrive` wrote: their dead letter
 
 
 def topic_for(prefix: str, kind: str) -> str:
     return f"{prefix}{kind}"
 
 
-def all_topics(prefix: str) -> list[str]:
-    return [topic_for(prefix, kind) for kind in (*TYPES, DLQ)]
+def all_topics(prefix: str, types: Iterable[str] = TYPES) -> list[str]:
+    """The topics bridge writes: one per notification type (the packaged schemas' types by
+    default; the service's come from BRIDGE_SCHEMA_DIR), and the dead letters'."""
+    return [topic_for(prefix, kind) for kind in (*types, DLQ)]
+
+
+def topics_of(settings: Settings) -> list[str]:
+    """The topics this configuration writes: its schemas' types (BRIDGE_SCHEMA_DIR), and dlq."""
+    return all_topics(settings.topic_prefix, declarations(settings.schema_dir))
 
 
 def headers_for(notification: Notification, schema: Schema, received_at: float) -> Headers:
@@ -44,3 +54,9 @@ def dead_letter_headers(
         ("dlq-detail", detail[:500].encode()),
         ("content-type", content_type[:200].encode()),
     ]
+
+
+def redriven_headers(headers: Headers, topic: str, partition: int, offset: int) -> Headers:
+    """A re-driven record's headers: the live ones (its original `received-at` among them) and
+    where its dead letter was, `<topic>/<partition>@<offset>`."""
+    return [*headers, (REDRIVEN_FROM, f"{topic}/{partition}@{offset}".encode())]
