@@ -340,7 +340,8 @@ def protocol_cost(args: argparse.Namespace, broker: EmbeddedBroker, say: Say) ->
     first = args.bodies.split(",")[0]
     say(f"## bridge's HTTP protocol against uvicorn's ({first} body)\n")
     say(
-        "The connection deadlines and limits of bridge/protocol.py, against uvicorn's httptools "
+        "The connection deadlines and limits of bridge/http/protocol.py, against uvicorn's "
+        "httptools "
         "protocol as bridge used it before; same configuration otherwise (bench/serve.py). "
         "Ratios are bridge's protocol ÷ uvicorn's, per pair measured back to back: the median "
         "(min-max). Above 100% for CPU per request means the protocol costs more. The "

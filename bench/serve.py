@@ -1,5 +1,5 @@
 """The bridge, or the ceiling, served under `bridge serve`'s uvicorn configuration with either
-bridge's HTTP protocol (bridge/protocol.py) or uvicorn's own (httptools): the only difference
+bridge's HTTP protocol (bridge/http/protocol.py) or uvicorn's own (httptools): the only difference
 between the two, so the benchmark can tell what the protocol costs.
 
 python -m bench.serve {bridge,ceiling} {bridge,uvicorn}   (settings from BRIDGE_*)

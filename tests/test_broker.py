@@ -1,4 +1,5 @@
-"""bridge/broker.py: the brokers bridge starts itself (Tansu, and Apache Kafka from its jars)."""
+"""bridge/devbrokers/launcher.py: the brokers bridge starts itself (Tansu, and Apache Kafka
+from its jars)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""bridge/protocol.py against a real server on loopback: a deadline on each phase of a
+"""bridge/http/protocol.py against a real server on loopback: a deadline on each phase of a
 connection, a size limit on headers, per-address and overall connection limits; several
 loopback source addresses (127.0.0.x) stand for different clients."""
 
