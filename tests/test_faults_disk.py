@@ -131,7 +131,7 @@ async def test_a_full_disk_answers_503_is_not_ready_and_drains_once_kafka_is_bac
     assert twice(kafka, seen.sent) == []
 
 
-async def test_a_full_disk_and_a_sigkill_mid_drain_send_nothing_twice(
+async def test_a_full_disk_and_a_sigkill_mid_drain_resend_at_most_the_wave_in_flight(
     kafka_settings: Settings, proxy: Proxy, spool_disk: Path, broker: Broker, tmp_path: Path
 ) -> None:
     bridge = bridge_on(kafka_settings, proxy, spool_disk, tmp_path / "bridge.log")

@@ -48,7 +48,16 @@ from tests.helpers import (
     run_sync,
     wait_for,
 )
-from tests.traffic import scrape
+from tests.traffic import (
+    Answers,
+    Landed,
+    Proxy,
+    assert_kept,
+    full_disk,
+    late,
+    scrape,
+    twice,
+)
 
 pytestmark = [pytest.mark.container, pytest.mark.apache, pytest.mark.timeout(600)]
 
@@ -321,6 +330,77 @@ def test_docker_stop_with_kafka_frozen_and_requests_in_flight_loses_nothing(
             "every request answered 2xx to be in Kafka",
             interval=1,
         )
+
+
+@pytest.fixture
+def proxy(kafka_broker: Broker) -> Iterator[Proxy]:
+    """A proxy between the container and Apache Kafka (both on the host network), to cut."""
+    front = Proxy(kafka_broker.bootstrap_servers)
+    front.start()
+    yield front
+    front.stop()
+
+
+# The spool's volume: a tmpfs of 4 MiB (about 500 notifications), far below
+# BRIDGE_SPOOL_MAX_BYTES, owned by the image's user as a volume's fsGroup would make it.
+SMALL_SPOOL = "/var/lib/bridge:size=4m,uid=10001,gid=10001,mode=0750"
+
+
+async def test_the_hardened_image_on_a_full_spool_volume_answers_503_and_drains_once(
+    image: Build, kafka_broker: Broker, settings: Settings, proxy: Proxy
+) -> None:
+    """Issue 21's full disk in the container: the chart's run (read-only root, no capability,
+    no new privileges, its user), the spool a small volume, Kafka cut through a proxy. Load
+    until the volume is full: 503 + Retry-After and /readyz not ready naming the spool; Kafka
+    back: the spool drains, every 2xx is in Kafka once, each case in order, ready again."""
+    with running(
+        image.tag,
+        settings.port,
+        env=environment(
+            settings,
+            BRIDGE_KAFKA_BOOTSTRAP_SERVERS=proxy.bootstrap_servers,
+            BRIDGE_WORKERS="1",  # the chart's
+        ),
+        tmpfs=[SMALL_SPOOL, "/tmp"],  # noqa: S108 - the container's /tmp, as the chart mounts it
+        args=hardened(),
+    ) as container:
+        ready(container)
+        while_full: dict[str, float] = {}
+
+        async def cut() -> None:
+            proxy.stop()
+
+        async def restore() -> None:
+            # Called once the disk is full and /readyz read: the metrics of that moment first.
+            while_full.update(await scrape(url(container)))
+            proxy.start()
+
+        seen = await full_disk(
+            url(container), url(container, f"{WEBHOOK_PATH}/{TOKEN}"), cut=cut, restore=restore
+        )
+        kafka = Landed.of(await kafka_broker.consume([f"{settings.topic_prefix}call"]))
+    acknowledged = {s.event_id for s in seen.sent if s.acknowledged}
+    print(
+        f"full spool volume: {Answers.of(seen.sent)}; acknowledged {len(acknowledged)}, "
+        f"in Kafka {len(kafka.counts)} distinct, duplicated {kafka.duplicates} (answered after "
+        f"the ack budget {len(late(seen.sent))}), drained in {seen.drained_in:.1f} s"
+    )
+    refused = [s for s in seen.sent if s.status == 503]
+    assert refused, Answers.of(seen.sent)
+    assert {s.retry_after for s in refused} == {"60"}
+    status, body = seen.when_full
+    assert (status, body["status"]) == (503, "not ready"), body
+    assert "disk full" in body["checks"]["spool"], body
+    assert while_full["bridge_spool_writable"] == 0
+    assert while_full['bridge_spool_disk_faults{fault="disk_full"}'] >= 1
+    assert seen.after[0] == 200, seen.after
+    assert seen.after[1]["status"] == "ready", seen.after
+    assert seen.figures["bridge_spool_writable"] == 1
+    assert seen.figures["bridge_spool_depth"] == 0
+    assert seen.figures["bridge_spool_sent_unremoved"] == 0
+    assert seen.figures['bridge_spool_disk_faults{fault="disk_full"}'] >= 1
+    assert_kept(seen.sent, kafka)
+    assert twice(kafka, seen.sent) == []
 
 
 def test_buildkit_builds_it_without_a_registry(image: Build) -> None:
