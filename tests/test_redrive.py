@@ -332,7 +332,7 @@ async def test_ctrl_c_finishes_the_wave_in_flight_and_the_next_run_goes_on(
 ) -> None:
     await post_all(kafka_settings, [task_end("c1", f"t{n}") for n in range(6)])
     settings = await with_new_type(kafka_settings, tmp_path)
-    monkeypatch.setattr("bridge.redrive.WAVE", 2)
+    monkeypatch.setattr("bridge.commands.redrive.WAVE", 2)
     run = Redrive(settings, Filters())
     send = run._send
 
@@ -417,7 +417,7 @@ async def test_a_vendor_retry_stored_live_during_the_run_is_not_stored_again(
     assert await ensure_topic(kafka_settings, event_ids_topic(kafka_settings)) is None
     await post_all(kafka_settings, new_type_letters())
     settings = await with_new_type(kafka_settings, tmp_path)
-    monkeypatch.setattr("bridge.redrive.WAVE", 1)
+    monkeypatch.setattr("bridge.commands.redrive.WAVE", 1)
     run = Redrive(settings, Filters())
     send = run._send
     retried = False
@@ -468,8 +468,8 @@ async def test_apache_kafka_stopped_mid_run_then_back_each_event_stored_once(
         )
         await post_all(live, [task_end(f"c{n % 2}", f"t{n}") for n in range(6)])
         settings = live.model_copy(update={"schema_dir": schema_dir_with_new_type(tmp_path)})
-        monkeypatch.setattr("bridge.redrive.WAVE", 1)  # each record acknowledged in turn
-        monkeypatch.setattr("bridge.redrive.ACK_BUDGET", 5.0)
+        monkeypatch.setattr("bridge.commands.redrive.WAVE", 1)  # each record acknowledged in turn
+        monkeypatch.setattr("bridge.commands.redrive.ACK_BUDGET", 5.0)
 
         class StopsKafkaAfterTwo(KafkaPublisher):
             acknowledged = 0
