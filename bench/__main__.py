@@ -421,7 +421,8 @@ def instruction_counts(args: argparse.Namespace, broker: EmbeddedBroker, say: Sa
     say(
         "Counted by valgrind, not timed: the same on a busy machine as on an idle one. "
         "Thousands of instructions the server process executes per request (start-up "
-        "subtracted).\n"
+        "subtracted). The bridge with its event ids not shared (their follower works by the "
+        "second, not by the request); their cost is under 'Sharing the event ids' above.\n"
     )
     say(
         "| body | ceiling (HTTP) | floor (parse + publish) | bridge | of which the stages "
