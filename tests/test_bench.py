@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench import benthos, load
+from bench import benthos, instructions, load
 from bench.__main__ import target_line
 from bridge.broker import kafka_missing
 
@@ -95,3 +97,24 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
             assert rows["Benthos on Apache Kafka, small"][4].strip() == "0"
     else:
         assert "Not measured: " in text
+
+
+def test_the_bridge_is_counted_with_its_event_ids_not_shared(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Their follower works by the second: shared, a count would grow with the run's length.
+    started: list[dict[str, str] | None] = []
+
+    @contextlib.contextmanager
+    def server(
+        *_: object, extra: dict[str, str] | None = None, **__: object
+    ) -> Iterator[tuple[int, int]]:
+        started.append(extra)
+        yield 0, 0
+
+    log = tmp_path / "valgrind.log"
+    log.write_text("==1== Collected : 1234\n")
+    monkeypatch.setattr("bench.__main__.server", server)
+    monkeypatch.setattr(instructions, "_callgrind", lambda: contextlib.nullcontext(((), log)))
+    assert instructions.total("bridge", "small", None, 0) == 1234  # type: ignore[arg-type]
+    assert started == [{"BRIDGE_DEDUP_SHARED": "false"}]
