@@ -21,8 +21,6 @@ from aiokafka.errors import (
     ProducerFenced,
 )
 from aiokafka.partitioner import murmur2
-from aiokafka.producer.message_accumulator import BatchBuilder
-from aiokafka.structs import RecordMetadata
 
 from bridge.errors import BrokerUnavailable, PublishError, PublishRefused
 from bridge.kafka import kafka_options
@@ -66,10 +64,6 @@ class Delivery:
     offset: int
 
 
-Queued = tuple[Record, "asyncio.Future[Delivery]"]  # a record and its request's answer
-Members = list[tuple["asyncio.Future[Delivery]", int]]  # a batch's requests, offsets in it
-
-
 class Publisher(Protocol):
     async def start(self) -> None: ...
 
@@ -92,9 +86,6 @@ class KafkaPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._checked: tuple[float, str | None] = (0.0, None)
         self._renewal: asyncio.Task[None] | None = None
-        # Records waiting for their partition's next batch, and the task sending each.
-        self._queued: dict[tuple[str, int], list[Queued]] = {}
-        self._flushing: dict[tuple[str, int], asyncio.Task[None]] = {}
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self._settings
@@ -128,8 +119,6 @@ class KafkaPublisher:
             self._renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewal
-        if self._flushing:  # the records queued for batches go to aiokafka first
-            await _bounded(asyncio.gather(*self._flushing.values()), timeout)
         if self._producer is not None:
             # aiokafka's stop() flushes and can wait forever on a dead broker: bound it.
             await _bounded(self._producer.stop(), timeout)
@@ -140,78 +129,20 @@ class KafkaPublisher:
         if producer is None:
             raise PublishError("publisher not started")
         topic, key = record.topic, record.key
-        partition = self._partition(topic, key)
         try:
-            if partition is None:  # no key, or the topic's metadata not known yet
-                meta = await producer.send_and_wait(
-                    topic, record.value, key=key, headers=record.headers
-                )
-                return Delivery(meta.topic, meta.partition, meta.offset)
-            return await self._batched(record, partition)
+            meta = await producer.send_and_wait(
+                topic,
+                record.value,
+                key=key,
+                partition=self._partition(topic, key),
+                headers=record.headers,
+            )
         except _WEDGED as exc:
             self._renew(producer, exc)
             raise PublishError(f"{type(exc).__name__}: {exc}; renewing the producer") from exc
         except KafkaError as exc:
             raise publish_error(exc) from exc
-
-    def _batched(self, record: Record, partition: int) -> asyncio.Future[Delivery]:
-        """Queue a record for its partition's next batch; the future is its own delivery.
-
-        aiokafka's `send()` costs more per record than everything else bridge does around
-        the write (a future, a metadata object and the accumulator's bookkeeping each): the
-        records admitted in one turn of the event loop go to Kafka as one record batch per
-        partition instead, written with `create_batch`/`send_batch`. No linger: a partition's
-        first record starts a task that runs in the next turn and sends what the turn queued;
-        records that come while the broker still has the partition's batch before them (one
-        batch per partition in flight) join the next one, as in aiokafka's own accumulator."""
-        waiter: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
-        where = (record.topic, partition)
-        queue = self._queued.get(where)
-        if queue is None:
-            queue = self._queued[where] = []
-        queue.append((record, waiter))
-        if where not in self._flushing:
-            self._flushing[where] = asyncio.create_task(self._flush(where))
-        return waiter
-
-    async def _flush(self, where: tuple[str, int]) -> None:
-        """Send a partition's queued records, batch after batch, while records come; one task
-        per partition at a time, so its batches (and a case's records) keep their order."""
-        try:
-            while queue := self._queued.pop(where, None):
-                await self._send(where, queue)
-        finally:
-            del self._flushing[where]
-
-    async def _send(self, where: tuple[str, int], queue: list[Queued]) -> None:
-        producer = self._producer
-        rest = iter(queue)
-        members: Members = []  # in the batch being filled
-        try:
-            if producer is None:
-                raise kafka_errors.ProducerClosed  # noqa: TRY301 - answered below, as the rest
-            batch = producer.create_batch()
-            for record, waiter in rest:
-                if waiter.done():  # its request gave up (ack budget) before it was sent
-                    continue
-                added = batch.append(
-                    timestamp=None, key=record.key, value=record.value, headers=record.headers
-                )
-                if added is None:  # full (and closed by aiokafka): on its way, then a new one
-                    await _submit(producer, batch, where, members)
-                    batch, members = producer.create_batch(), []
-                    added = batch.append(
-                        timestamp=None, key=record.key, value=record.value, headers=record.headers
-                    )
-                members.append((waiter, added.offset))
-            if members:
-                batch.close()  # nothing else is added to it, even by a `send()`
-                await _submit(producer, batch, where, members)
-        except asyncio.CancelledError:
-            _fail([*members, *((w, 0) for _, w in rest)], kafka_errors.ProducerClosed())
-            raise
-        except Exception as exc:  # noqa: BLE001 - each request raises it, as `send()` would
-            _fail([*members, *((w, 0) for _, w in rest)], exc)
+        return Delivery(meta.topic, meta.partition, meta.offset)
 
     def _renew(self, wedged: AIOKafkaProducer, reason: KafkaError) -> None:
         """Replace `wedged` by a new producer, once, in the background."""
@@ -262,42 +193,6 @@ class KafkaPublisher:
             problem = None
         self._checked = (time.monotonic(), problem)
         return problem
-
-
-async def _submit(
-    producer: AIOKafkaProducer, batch: BatchBuilder, where: tuple[str, int], members: Members
-) -> None:
-    """Hand a batch to aiokafka (which waits while the partition's previous batch is still
-    queued there); each member's request is answered once the broker acknowledged it."""
-    topic, partition = where
-    acked = await producer.send_batch(batch, topic, partition=partition)
-    acked.add_done_callback(functools.partial(_acknowledged, where, members))
-
-
-def _acknowledged(
-    where: tuple[str, int],
-    members: Members,
-    acked: asyncio.Future[RecordMetadata],
-) -> None:
-    """A batch's outcome, told to each of its records' requests."""
-    if acked.cancelled():
-        _fail(members, kafka_errors.ProducerClosed())
-        return
-    exc = acked.exception()
-    if exc is not None:
-        _fail(members, exc)
-        return
-    topic, partition = where
-    base = acked.result().offset
-    for waiter, offset in members:
-        if not waiter.done():
-            waiter.set_result(Delivery(topic, partition, base + offset))
-
-
-def _fail(members: Members, exc: BaseException) -> None:
-    for waiter, _ in members:
-        if not waiter.done():
-            waiter.set_exception(exc)
 
 
 def publish_error(exc: KafkaError) -> PublishError:
