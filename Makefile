@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Processes the suite runs in (pytest-xdist; 0: one). Most of its time is waiting, not CPU.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install run check unit test kafka engine engine-stop lint format docs bench clean
+.PHONY: install run check unit test kafka benthos engine engine-stop lint format docs bench clean
 
 install: $(STAMP)  ## create .venv and install bridge with its development tools
 
@@ -28,11 +28,14 @@ check: lint unit  ## lint, type check and the unit tier: what to run while worki
 unit: install
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -m "$(UNIT)"
 
-test: install lint kafka  ## the whole suite: unit, integration and fault tests on both brokers
+test: install lint kafka benthos  ## the whole suite: unit, integration and fault tests on both brokers
 	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 kafka: install  ## fetch Apache Kafka's broker with Maven (once per version, into ~/.cache/bridge)
 	$(BIN)/python scripts/fetch_kafka.py
+
+benthos: install  ## build Benthos, the bench's peer, with Go (once per version, into ~/.cache/bridge)
+	$(BIN)/python -m bench.benthos
 
 engine: install kafka  ## root on Debian: install and start a container engine, make the image tests' bases
 	$(BIN)/python scripts/container_engine.py start

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import uvloop
 
-from bench import apache, instructions, load, shared_ids, stages
+from bench import apache, benthos, instructions, load, shared_ids, stages
 from bench.bodies import BODIES, stream
 from bridge.devbrokers.launcher import EmbeddedBroker
 from bridge.http.ports import free_port
@@ -46,6 +46,9 @@ FULL = Settings.model_fields["dedup_max_entries"].default  # event ids the bridg
 
 class Say(Protocol):
     def __call__(self, text: str = ...) -> None: ...
+
+
+Rows = list[dict[str, float]]
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -173,6 +176,11 @@ def command_and_env(  # noqa: PLR0913 - the knobs of one server, spelled out
             BENCH_FLOOR_KAFKA=broker.bootstrap_servers,
             BENCH_FLOOR_VALUE_BYTES=str(stages.record_bytes(body)),
         )
+    elif kind == "benthos":
+        idempotent = getattr(broker, "idempotence", False)  # as the bridge on the same broker
+        command, env = benthos.command_and_env(
+            port, broker.bootstrap_servers, idempotent=idempotent
+        )
     else:
         command = [sys.executable, "-m", "bridge", "serve"]
     if kind == "bridge" or protocol:
@@ -205,9 +213,9 @@ def server(  # noqa: PLR0913 - the knobs of one server, spelled out
 ) -> Iterator[tuple[int, int]]:
     """A server process on a free port: `prefix` runs it under a tool (valgrind). `kind` is
     ceiling (bench/noop.py), floor (bench/floor.py, records as long as the bridge's for
-    `body`) or bridge. With `protocol` (bridge or uvicorn), the ceiling or the bridge is served
-    by bench/serve.py with that HTTP protocol, all else as `bridge serve` does. `extra`:
-    more settings."""
+    `body`), benthos (bench/benthos.py) or bridge. With `protocol` (bridge or uvicorn), the
+    ceiling or the bridge is served by bench/serve.py with that HTTP protocol, all else as
+    `bridge serve` does. `extra`: more settings."""
     port = free_port()
     with scratch() as spool:
         if remembered:
@@ -333,6 +341,41 @@ def pair_ratios(values: list[float]) -> str:
     return f"{middle:.0%} ({min(values):.0%}-{max(values):.0%})"
 
 
+def times(values: list[float]) -> str:
+    """Ratios as a median and a spread, in times (1.20x)."""
+    middle = statistics.median(values)
+    if len(values) == 1:
+        return f"{middle:.2f}x"
+    return f"{middle:.2f}x ({min(values):.2f}-{max(values):.2f})"
+
+
+TARGETS = {"example": (1.2, 0.8)}  # body: (req/s at least, CPU at most), times Benthos's
+
+
+def to_benthos(body: str, theirs: Rows, ours: Rows, say: Say) -> str:
+    """The bridge's rate and CPU per request over Benthos's, round by round, as a row of the
+    table; returned: the row of the targets' table."""
+    pairs = list(zip(theirs, ours, strict=True))
+    speed = times([b["rps"] / a["rps"] for a, b in pairs])
+    cpu = times([b["server_cpu_us"] / a["server_cpu_us"] for a, b in pairs])
+    say(f"| **bridge ÷ Benthos, {body}** | **{speed}** | | | | | | **{cpu}** |")
+    return target_line(body, pairs)
+
+
+def target_line(body: str, pairs: list[tuple[dict[str, float], dict[str, float]]]) -> str:
+    """One body's ratios to Benthos against issue 22's targets."""
+    speed = statistics.median(ours["rps"] / theirs["rps"] for theirs, ours in pairs)
+    cpu = statistics.median(
+        ours["server_cpu_us"] / theirs["server_cpu_us"] for theirs, ours in pairs
+    )
+    least, most = TARGETS.get(body, (None, 1.0))
+    rate_target = (
+        "-" if least is None else f"≥ {least:.1f}x: {'met' if speed >= least else 'NOT met'}"
+    )
+    cpu_target = f"≤ {most:.1f}x: {'met' if cpu <= most else 'NOT met'}"
+    return f"| {body} | {speed:.2f}x | {rate_target} | {cpu:.2f}x | {cpu_target} |"
+
+
 def protocol_cost(args: argparse.Namespace, broker: EmbeddedBroker, say: Say) -> None:
     """bridge's HTTP protocol against uvicorn's own, under the ceiling and under the bridge:
     both served by bench/serve.py, nothing else different. Each repeat measures a pair back to
@@ -386,7 +429,8 @@ def instruction_counts(args: argparse.Namespace, broker: EmbeddedBroker, say: Sa
     say(
         "Counted by valgrind, not timed: the same on a busy machine as on an idle one. "
         "Thousands of instructions the server process executes per request (start-up "
-        "subtracted).\n"
+        "subtracted). The bridge with its event ids not shared (their follower works by the "
+        "second, not by the request); their cost is under 'Sharing the event ids' above.\n"
     )
     say(
         "| body | ceiling (HTTP) | floor (parse + publish) | bridge | of which the stages "
@@ -404,6 +448,69 @@ def instruction_counts(args: argparse.Namespace, broker: EmbeddedBroker, say: Sa
             f"{bridge - ceiling - alone:,.0f}k | {ceiling / floor:.0%} | {ceiling / bridge:.0%} |"
         )
     say()
+
+
+def side_by_side(
+    args: argparse.Namespace, broker: EmbeddedBroker, say: Say
+) -> tuple[dict[str, float], dict[str, Rows]]:
+    """The contestants on each body, interleaved; the bridge's median rate and runs per body."""
+    contestants = ["ceiling", "floor", "bridge"]
+    if (no_benthos := benthos.missing()) is None:
+        benthos.binary()  # built before the first run (minutes, once per version)
+        contestants.insert(2, "benthos")
+    say("## Ceiling, floor, Benthos and bridge, one worker\n")
+    say(
+        "Closed loop, every request counted (slow ones included). Median of the runs, "
+        "(min-max) after it; the runs interleaved (one of each, the order reversed every "
+        "other round), so a drift of the shared machine falls on all alike. The ceiling "
+        "reads the body and answers `{}`; the floor (bench/floor.py) only parses the body "
+        "with orjson and publishes one record of the bridge's length with aiokafka, "
+        "acks=all: no implementation on these parts can be faster. Benthos "
+        f"{benthos.VERSION} (bench/benthos/config.yaml: JSON stored as posted, acks=all, "
+        "200 once acknowledged) on one core (GOMAXPROCS=1), as the bridge's one worker; "
+        "its CPU is its whole process's. Ratios to Benthos: per round, bridge ÷ Benthos, "
+        "the median (min-max).\n"
+    )
+    if no_benthos is not None:
+        say(f"Benthos not measured: {no_benthos}.\n")
+    say("| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB | server CPU µs/req |")
+    say("|---|---|---|---|---|---|---|---|")
+    best: dict[str, float] = {}
+    ones: dict[str, list[dict[str, float]]] = {}
+    against: list[str] = []
+    for body in args.bodies.split(","):
+        rows: dict[str, Rows] = {kind: [] for kind in contestants}
+        for n in range(args.repeat):
+            for kind in contestants if n % 2 == 0 else contestants[::-1]:
+                rows[kind].append(measure(kind, body, broker, args))
+        rate = {kind: statistics.median(r["rps"] for r in runs) for kind, runs in rows.items()}
+        for kind, runs in rows.items():
+            say(line(f"{kind}, {body}", runs))
+        for upper, lower in (("bridge", "ceiling"), ("floor", "ceiling"), ("bridge", "floor")):
+            ratio = rate[upper] / rate[lower]
+            say(f"| **{upper} / {lower}, {body}** | **{ratio:.0%}** | | | | | | |")
+        if "benthos" in rows:
+            against.append(to_benthos(body, rows["benthos"], rows["bridge"], say))
+        best[body] = rate["bridge"]
+        ones[body] = rows["bridge"]
+    say()
+    targets(against, say)
+    return best, ones
+
+
+def targets(against: list[str], say: Say) -> None:
+    """The table of issue 22's targets, when Benthos was measured."""
+    if against:
+        say(
+            "Against Benthos (issue 22's targets: CPU per request at most 0.8x Benthos's on "
+            "the example body and 1.0x on the others; req/s at least 1.2x on the example "
+            "body; medians of the per-round ratios):\n"
+        )
+        say("| body | req/s, bridge ÷ Benthos | target | CPU µs/req, bridge ÷ Benthos | target |")
+        say("|---|---|---|---|---|")
+        for text in against:
+            say(text)
+        say()
 
 
 def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
@@ -479,32 +586,7 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
         asyncio.run(
             create_topics_and_wait(broker.bootstrap_servers, all_topics("bench."), PARTITIONS)
         )
-        say("## Ceiling, floor and bridge, one worker\n")
-        say(
-            "Closed loop, every request counted (slow ones included). Median of the runs, "
-            "(min-max) after it. The ceiling reads the body and answers `{}`; the floor "
-            "(bench/floor.py) only parses the body with orjson and publishes one record of the "
-            "bridge's length with aiokafka, acks=all: no implementation on these parts can be "
-            "faster.\n"
-        )
-        say("| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB | server CPU µs/req |")
-        say("|---|---|---|---|---|---|---|---|")
-        best: dict[str, float] = {}
-        ones: dict[str, list[dict[str, float]]] = {}
-        for body in args.bodies.split(","):
-            rows = {
-                kind: [measure(kind, body, broker, args) for _ in range(args.repeat)]
-                for kind in ("ceiling", "floor", "bridge")
-            }
-            rate = {kind: statistics.median(r["rps"] for r in runs) for kind, runs in rows.items()}
-            for kind, runs in rows.items():
-                say(line(f"{kind}, {body}", runs))
-            for upper, lower in (("bridge", "ceiling"), ("floor", "ceiling"), ("bridge", "floor")):
-                ratio = rate[upper] / rate[lower]
-                say(f"| **{upper} / {lower}, {body}** | **{ratio:.0%}** | | | | | | |")
-            best[body] = rate["bridge"]
-            ones[body] = rows["bridge"]
-        say()
+        best, ones = side_by_side(args, broker, say)
         first = args.bodies.split(",")[0]
         half = best[first] / 2
         say(

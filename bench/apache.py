@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from bench import benthos
 from bridge.devbrokers.launcher import KafkaCluster, kafka_missing
 from bridge.kafka.admin import create_topics_and_wait
 from bridge.notifications.routing import all_topics
@@ -72,7 +73,8 @@ def section(  # noqa: PLR0913, PLR0917 - the harness's pieces, handed in: __main
         say(
             f"Apache Kafka {cluster.version}, one combined broker and controller (KRaft) on "
             "the same machine, JVM heap 512 MB; the bridge with the idempotent producer (as in "
-            "production; Tansu has no InitProducerId, so it runs without). Same bodies, "
+            "production; Tansu has no InitProducerId, so it runs without), and Benthos with its "
+            "idempotent producer on the same broker. Same bodies, "
             f"concurrency and {partitions} partitions; req/s as ratio of medians, (spread: "
             "slowest over fastest run to fastest over slowest). The runs alternate, Tansu then "
             "Apache Kafka, so that what else loads the machine weighs on both alike.\n"
@@ -83,15 +85,28 @@ def section(  # noqa: PLR0913, PLR0917 - the harness's pieces, handed in: __main
         broker = ApacheKafka(cluster)
         say("| run | req/s | p50 ms | p99 ms | max ms | errors | peak RSS MB | server CPU µs/req |")
         say("|---|---|---|---|---|---|---|---|")
-        ratios = []
+        ratios, against = [], []
+        rival = benthos.missing() is None  # Benthos with its idempotent producer too
         for body in args.bodies.split(","):
             on_tansu: Rows = []
             on_kafka: Rows = []
+            rivals: Rows = []
             for _ in range(args.repeat):
                 on_tansu.append(measure("bridge", body, tansu, args))
                 on_kafka.append(measure("bridge", body, broker, args))
+                if rival:
+                    rivals.append(measure("benthos", body, broker, args))
             say(line(f"bridge on Tansu, {body}", on_tansu))
             say(line(f"bridge on Apache Kafka, {body}", on_kafka))
             ratios.append(f"{body}: {ratio(on_kafka, on_tansu)}")
+            if rivals:
+                say(line(f"Benthos on Apache Kafka, {body}", rivals))
+                cpu = statistics.median(
+                    b["server_cpu_us"] / a["server_cpu_us"]
+                    for a, b in zip(rivals, on_kafka, strict=True)
+                )
+                against.append(f"{body}: {ratio(on_kafka, rivals)} of the rate, {cpu:.2f}x the CPU")
         say()
         say(f"Apache Kafka / Tansu, req/s: {'; '.join(ratios)}.\n")
+        if against:
+            say(f"On Apache Kafka, bridge ÷ Benthos: {'; '.join(against)}.\n")

@@ -23,6 +23,8 @@ from bridge.devbrokers.launcher import EmbeddedBroker
 from bridge.kafka.admin import create_topics_and_wait
 from bridge.notifications.routing import all_topics
 
+UNSHARED = {"BRIDGE_DEDUP_SHARED": "false"}
+
 
 def available() -> bool:
     return shutil.which("valgrind") is not None
@@ -39,12 +41,22 @@ def total(  # noqa: PLR0913 - the knobs of one count, spelled out
 ) -> int:
     """Instructions the server process executed from start to exit, answering `count`
     (`protocol`: served by bench/serve.py with that HTTP protocol; `remembered`: event ids the
-    bridge starts with in its duplicate memory)."""
+    bridge starts with in its duplicate memory). The bridge runs with its event ids not shared:
+    their follower works by the second (about 5 million instructions a second under callgrind),
+    not by the request, and runs under callgrind last minutes of varying length, so it would
+    weigh on each request by the run's duration (2026-12-06: 71k to 3,700k a request on the
+    same code). What sharing costs a notification is measured on its own (bench/shared_ids.py)."""
     from bench.__main__ import PATH, server  # noqa: PLC0415 - the harness imports this module
 
     with _callgrind() as (tool, log):
         with server(
-            kind, broker, prefix=tool, body=body, protocol=protocol, remembered=remembered
+            kind,
+            broker,
+            prefix=tool,
+            body=body,
+            protocol=protocol,
+            remembered=remembered,
+            extra=UNSHARED,
         ) as (port, _):
             if count:
                 statuses = asyncio.run(
