@@ -11,18 +11,20 @@ import sys
 
 import uvicorn
 
-from bridge.http.supervisor import APP, server_config
+from bridge.http.supervisor import server_config, serving
 from bridge.settings import load_settings
 from bridge.telemetry.logs import configure_logging
-
-APPS = {"bridge": APP, "ceiling": "bench.noop:create_app"}
 
 
 def main() -> None:
     app, protocol = sys.argv[1:3]
     settings = load_settings()
     configure_logging(settings)
-    config = server_config(settings, APPS[app])
+    # The bridge as `bridge serve` runs it (its connections counted into its metrics); the
+    # ceiling, a bare app, with the same server configuration.
+    config = (
+        serving(settings) if app == "bridge" else server_config(settings, "bench.noop:create_app")
+    )
     if protocol == "uvicorn":
         config.http = "httptools"  # what uvicorn's "auto" picks, as bridge served before
     uvicorn.Server(config).run()
