@@ -20,19 +20,21 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import uvloop
 
 from bench import apache, benthos, instructions, load, shared_ids, stages
 from bench.bodies import BODIES, stream
-from bridge.broker import EmbeddedBroker, free_port
-from bridge.kafka import create_topics_and_wait
-from bridge.routing import all_topics
+from bridge.devbrokers.launcher import EmbeddedBroker
+from bridge.http.ports import free_port
+from bridge.kafka.admin import create_topics_and_wait
+from bridge.notifications.routing import all_topics
 from bridge.settings import Settings
-from bridge.spool import Spool
+from bridge.state.spool import Spool
 
 TOKEN = "bench-token"  # noqa: S105 - a benchmark, not a secret
 PATH = f"/webhooks/airudder/{TOKEN}"
@@ -40,7 +42,12 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HISTORY = Path(__file__).resolve().parent / "HISTORY.md"
 PARTITIONS = 12
 FULL = Settings.model_fields["dedup_max_entries"].default  # event ids the bridge remembers
-Say = Callable[[str], None]
+
+
+class Say(Protocol):
+    def __call__(self, text: str = ...) -> None: ...
+
+
 Rows = list[dict[str, float]]
 
 
@@ -376,7 +383,8 @@ def protocol_cost(args: argparse.Namespace, broker: EmbeddedBroker, say: Say) ->
     first = args.bodies.split(",")[0]
     say(f"## bridge's HTTP protocol against uvicorn's ({first} body)\n")
     say(
-        "The connection deadlines and limits of bridge/protocol.py, against uvicorn's httptools "
+        "The connection deadlines and limits of bridge/http/protocol.py, against uvicorn's "
+        "httptools "
         "protocol as bridge used it before; same configuration otherwise (bench/serve.py). "
         "Ratios are bridge's protocol ÷ uvicorn's, per pair measured back to back: the median "
         "(min-max). Above 100% for CPU per request means the protocol costs more. The "
@@ -590,11 +598,11 @@ def main() -> None:  # noqa: PLR0915 - a script, read top to bottom
             "| server CPU µs/req | over 1 s |"
         )
         say("|---|---|---|---|---|---|---|---|---|")
-        rows = [
+        halves = [
             measure("bridge", first, broker, args, rate=half, concurrency=64)
             for _ in range(args.repeat)
         ]
-        say(line("bridge, half rate", rows)[:-1] + f"| {sum(r['over_1s'] for r in rows):.0f} |")
+        say(line("bridge, half rate", halves)[:-1] + f"| {sum(r['over_1s'] for r in halves):.0f} |")
         say()
         if args.soak:
             soak = measure(

@@ -8,14 +8,18 @@ import asyncio
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from bench import benthos
-from bridge.broker import KafkaCluster, kafka_missing
-from bridge.kafka import create_topics_and_wait
-from bridge.routing import all_topics
+from bridge.devbrokers.launcher import KafkaCluster, kafka_missing
+from bridge.kafka.admin import create_topics_and_wait
+from bridge.notifications.routing import all_topics
 
 Rows = list[dict[str, float]]
-Say = Callable[[str], None]
+
+
+class Say(Protocol):
+    def __call__(self, text: str = ...) -> None: ...
 
 
 @dataclass

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from bench import load
 from bench.bodies import BODIES, stream
-from bridge.broker import EmbeddedBroker
-from bridge.kafka import create_topics_and_wait
-from bridge.routing import all_topics
+from bridge.devbrokers.launcher import EmbeddedBroker
+from bridge.kafka.admin import create_topics_and_wait
+from bridge.notifications.routing import all_topics
 
 UNSHARED = {"BRIDGE_DEDUP_SHARED": "false"}
 
@@ -88,10 +88,11 @@ def _collected(log: Path) -> int:
 _STAGES = """
 import sys
 from bench.bodies import stream
-from bridge.pipeline import Pipeline
-from bridge.publish import MemoryPublisher
+from bridge.container import build_pipeline
+from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import load_settings
-pipeline = Pipeline(load_settings(allow_unauthenticated=True, spool_dir=""), MemoryPublisher())
+settings = load_settings(allow_unauthenticated=True, spool_dir="")
+pipeline = build_pipeline(settings, MemoryPublisher())
 bodies = stream(sys.argv[1])
 for _ in range(int(sys.argv[2])):
     pipeline.prepare(next(bodies), "application/json", 0.0)

@@ -1,6 +1,6 @@
 """What sharing the event ids costs per notification: CPU to publish an id and to follow one
 (learning it into a full duplicate memory), and bytes on Kafka, measured with bridge's own
-code (`bridge.event_ids`) against the bench's broker. `python -m bench.shared_ids` alone, or
+code (`bridge.kafka.event_ids`) against the bench's broker. `python -m bench.shared_ids` alone, or
 from `make bench`."""
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import uuid
 from aiokafka import TopicPartition
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from bridge.broker import EmbeddedBroker
-from bridge.dedup import Deduplicator, digest
-from bridge.event_ids import (
+from bridge.devbrokers.launcher import EmbeddedBroker
+from bridge.kafka.event_ids import (
     SHARE_EVERY,
     decode_ids,
     ensure_topic,
@@ -25,6 +24,7 @@ from bridge.event_ids import (
     send_ids,
 )
 from bridge.settings import Settings
+from bridge.state.dedup import Deduplicator, digest
 
 IDS = 20_000
 BATCH = 100  # ids a batch: 1,000 notifications/s shared every SHARE_EVERY (0.1 s)

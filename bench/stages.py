@@ -5,15 +5,18 @@ from __future__ import annotations
 import timeit
 
 from bench.bodies import BODIES, stream
-from bridge.parse import parse_notification
+from bridge.container import build_pipeline
+from bridge.kafka.publish import MemoryPublisher
+from bridge.notifications.parse import parse_notification
 from bridge.pipeline import Pipeline
-from bridge.publish import MemoryPublisher
 from bridge.settings import load_settings
 
 
 def _pipeline() -> Pipeline:
     """The bridge's pipeline on its own: no spool, records kept in memory."""
-    return Pipeline(load_settings(allow_unauthenticated=True, spool_dir=""), MemoryPublisher())
+    return build_pipeline(
+        load_settings(allow_unauthenticated=True, spool_dir=""), MemoryPublisher()
+    )
 
 
 def measure(number: int = 2000) -> dict[str, dict[str, float]]:

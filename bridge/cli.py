@@ -11,23 +11,25 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bridge import __version__, dev, healthcheck, redrive, replay, schema_tools, supervisor
-from bridge.asyncapi import DEAD_LETTER_REASONS
-from bridge.auth import require_credentials
+from bridge import __version__
 from bridge.codec.compat import LEVELS
+from bridge.codec.registry import SchemaRegistry, resolve_ids
 from bridge.codec.schemas import declarations, load_schemas
+from bridge.commands import healthcheck, redrive, replay, schema_tools
+from bridge.commands.tail import TailOptions, tail
 from bridge.errors import BridgeError, ConfigError
-from bridge.event_ids import ensure_topic, event_ids_topic
-from bridge.kafka_check import check_connection
-from bridge.logs import configure_logging
-from bridge.parse import TYPES
-from bridge.publish import KafkaPublisher
-from bridge.registry import SchemaRegistry, resolve_ids
-from bridge.routing import DLQ
+from bridge.http import supervisor
+from bridge.http.auth import require_credentials
+from bridge.kafka.diagnosis import check_connection
+from bridge.kafka.event_ids import ensure_topic, event_ids_topic
+from bridge.kafka.publish import KafkaPublisher
+from bridge.kafka.topics import ensure_topics
+from bridge.notifications.asyncapi import DEAD_LETTER_REASONS
+from bridge.notifications.parse import TYPES
+from bridge.notifications.routing import DLQ
 from bridge.settings import Settings, load_settings
-from bridge.spool import directory_problem
-from bridge.tail import TailOptions, tail
-from bridge.topics import ensure_topics
+from bridge.state.spool import directory_problem
+from bridge.telemetry.logs import configure_logging
 
 lifecycle = logging.getLogger("bridge.lifecycle")
 
@@ -288,6 +290,9 @@ async def _preflight(settings: Settings) -> None:
 
 
 def _dev(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
+    # Here, not at the top: the development brokers' launcher is never loaded by `bridge serve`.
+    from bridge.commands import dev  # noqa: PLC0415
+
     s = settings()
     configure_logging(s)
     return dev.serve(s, args.partitions, args.broker)

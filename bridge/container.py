@@ -15,24 +15,29 @@ import contextlib
 import logging
 
 from bridge.codec.encode import Codec
+from bridge.codec.registry import SchemaRegistry, resolve_ids
 from bridge.codec.schemas import load_schemas
-from bridge.dedup import Deduplicator
 from bridge.errors import BridgeError
-from bridge.event_ids import SHARE_EVERY, EventIdTopic
-from bridge.metrics import Metrics
+from bridge.kafka.event_ids import SHARE_EVERY, EventIdTopic
+from bridge.kafka.publish import KafkaPublisher, Publisher
+from bridge.kafka.topics import TopicWatch
 from bridge.pipeline import Pipeline
-from bridge.publish import KafkaPublisher, Publisher
-from bridge.registry import SchemaRegistry, resolve_ids
 from bridge.settings import Settings
-from bridge.spool import Spool
-from bridge.topics import TopicWatch
+from bridge.state.dedup import Deduplicator
+from bridge.state.spool import Spool
+from bridge.telemetry.metrics import Metrics
 
 lifecycle = logging.getLogger("bridge.lifecycle")
 FLUSH_EVERY = 1.0  # seconds between writes of the event ids to the spool's file, unshared
 
 
 class Container:
-    def __init__(self, settings: Settings, publisher: Publisher | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        publisher: Publisher | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.schemas = load_schemas(settings.schema_dir)
         self.codec = Codec(self.schemas)
@@ -41,7 +46,7 @@ class Container:
             if settings.spool_dir is not None
             else None
         )
-        self.metrics = Metrics()
+        self.metrics = Metrics() if metrics is None else metrics
         # Shared through the Kafka the records go to; a publisher handed in (tests, dry runs)
         # has no Kafka of bridge's own to share through.
         self.event_ids = (
@@ -150,3 +155,24 @@ async def _bounded_close(topics: TopicWatch) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(2.0):
             await topics.close()
+
+
+def build_pipeline(
+    settings: Settings, publisher: Publisher, spool: Spool | None = None
+) -> Pipeline:
+    """A pipeline of its own, with what the container would give it short of the parts that
+    need a Kafka of bridge's own (the shared event ids, the topic watch's questions) and of a
+    registry: for `bridge replay --kafka`, tests and the bench. `spool` is opened and closed
+    by the caller."""
+    schemas = load_schemas(settings.schema_dir)
+    return Pipeline(
+        settings,
+        publisher,
+        schemas=schemas,
+        codec=Codec(schemas),
+        spool=spool,
+        dedup=Deduplicator(settings.dedup_window, settings.dedup_max_entries, spool),
+        registry=None,
+        metrics=Metrics(),
+        topics=TopicWatch(settings, kafka=False),
+    )

@@ -28,9 +28,9 @@ import orjson
 
 from bridge.codec.encode import Codec
 from bridge.codec.mapping import Mapper
-from bridge.codec.schemas import Schema, load_schemas
+from bridge.codec.registry import SchemaRegistry
+from bridge.codec.schemas import Schema
 from bridge.codec.writer import Unsupported, Writer
-from bridge.dedup import Deduplicator
 from bridge.errors import (
     InvalidNotification,
     Overloaded,
@@ -40,12 +40,11 @@ from bridge.errors import (
     PublishTimeout,
     SpoolError,
 )
-from bridge.metrics import Metrics
-from bridge.parse import case_id_of, parse_notification
-from bridge.publish import Delivery, Publisher
-from bridge.record import Record
-from bridge.registry import SchemaRegistry
-from bridge.routing import (
+from bridge.kafka.publish import Delivery, Publisher
+from bridge.kafka.topics import TopicWatch, refusal
+from bridge.notifications.parse import case_id_of, parse_notification
+from bridge.notifications.record import Record
+from bridge.notifications.routing import (
     DLQ,
     dead_letter_headers,
     dead_letter_id,
@@ -53,8 +52,9 @@ from bridge.routing import (
     topic_for,
 )
 from bridge.settings import Settings
-from bridge.spool import Spool, SpoolEntry
-from bridge.topics import TopicWatch, refusal
+from bridge.state.dedup import Deduplicator
+from bridge.state.spool import Spool, SpoolEntry
+from bridge.telemetry.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -83,38 +83,37 @@ class Outcome:
 
 
 class Pipeline:
-    """Its collaborators are given (by `bridge.container`, which starts and stops them); the
-    defaults are for a pipeline of its own, as in tests and `bridge replay --kafka`."""
+    """Every collaborator is given, none built here: by `bridge.container` (which starts and
+    stops them), or by `container.build_pipeline` for a pipeline of its own (`bridge replay
+    --kafka`, tests, the bench)."""
 
     def __init__(  # noqa: PLR0913 - each collaborator by name
         self,
         settings: Settings,
         publisher: Publisher,
         *,
-        schemas: dict[str, Schema] | None = None,
-        codec: Codec | None = None,
-        spool: Spool | None = None,
-        dedup: Deduplicator | None = None,
-        registry: SchemaRegistry | None = None,
-        metrics: Metrics | None = None,
-        topics: TopicWatch | None = None,
+        schemas: dict[str, Schema],
+        codec: Codec,
+        spool: Spool | None,
+        dedup: Deduplicator,
+        registry: SchemaRegistry | None,
+        metrics: Metrics,
+        topics: TopicWatch,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
-        self.schemas = schemas or load_schemas(settings.schema_dir)
+        self.schemas = schemas
         # Each type's event-id rule, as its schema declares it.
         self.rules = {kind: schema.event_id for kind, schema in self.schemas.items()}
         self.mappers = {kind: Mapper(schema) for kind, schema in self.schemas.items()}
         # The one-pass writer where the schema's shape allows it (always, for ours).
         self.writers = {kind: _writer(schema) for kind, schema in self.schemas.items()}
-        self.codec = Codec(self.schemas) if codec is None else codec
+        self.codec = codec
         self.registry = registry  # only asked for readiness: the codec has the ids
         self.spool = spool
-        if dedup is None:  # (not `dedup or ...`: an empty deduplicator is falsy)
-            dedup = Deduplicator(settings.dedup_window, settings.dedup_max_entries, spool)
         self.dedup = dedup
-        self.metrics = Metrics() if metrics is None else metrics
-        self.topics = TopicWatch(settings, kafka=False) if topics is None else topics
+        self.metrics = metrics
+        self.topics = topics
         self.kafka_up = True  # false from a failed publish until the next acknowledgement
         self.in_flight = 0
 

@@ -206,7 +206,7 @@ def base() -> str:
 def kafka() -> str:
     """Apache Kafka's broker: Debian's JRE on the stand-in base, and the jars `make kafka`
     fetched; made once per set of inputs."""
-    from bridge.broker import kafka_classpath, kafka_version  # noqa: PLC0415 - needs the venv
+    from bridge.devbrokers.launcher import kafka_classpath, kafka_version  # noqa: PLC0415 - needs the venv
 
     jars = sorted(kafka_classpath().glob("*.jar"))
     names = "\n".join(j.name for j in jars).encode()

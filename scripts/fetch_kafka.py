@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from bridge.broker import kafka_classpath, kafka_missing, kafka_version
+from bridge.devbrokers.launcher import kafka_classpath, kafka_missing, kafka_version
 
 
 def main() -> int:

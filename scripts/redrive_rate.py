@@ -14,12 +14,12 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from bridge.broker import EmbeddedBroker, KafkaCluster
-from bridge.kafka import create_topics_and_wait
-from bridge.pipeline import Pipeline
-from bridge.publish import MemoryPublisher
-from bridge.redrive import Filters, redrive
-from bridge.routing import all_topics
+from bridge.commands.redrive import Filters, redrive
+from bridge.container import build_pipeline
+from bridge.devbrokers.launcher import EmbeddedBroker, KafkaCluster
+from bridge.kafka.admin import create_topics_and_wait
+from bridge.kafka.publish import MemoryPublisher
+from bridge.notifications.routing import all_topics
 from bridge.settings import load_settings
 from tests.helpers import NEW_TYPE, schema_dir_with_new_type, task_end
 
@@ -35,7 +35,7 @@ async def measure(bootstrap: str, count: int, idempotence: bool, folder: Path) -
         dedup_shared=False,
     )
     # The dead letters as the service writes them (today's schemas do not know the type).
-    pipeline = Pipeline(settings, MemoryPublisher())
+    pipeline = build_pipeline(settings, MemoryPublisher())
     async with AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all") as producer:
         sent = []
         for n in range(count):

@@ -6,19 +6,29 @@ One suite, two brokers (as faststream runs one suite against several): every tes
 runs as in production (idempotent producer, no topic created on first use). Tests of what
 only Apache Kafka has (replication, SASL, TLS, ACLs) take `kafka_broker` or `kafka_cluster`
 and are marked `apache`.
+
+Tiers (docs/development.md): a test that starts a broker, a process, a JVM or a container says
+so with a marker of its own (`kafka`, `apache`, `process`, `faults`, `container`, `mount`);
+markers are declared, never guessed from fixture names. The rest is the unit tier
+(`make check`), and a guard here fails any test of it that starts a process anyway.
 """
 
 from __future__ import annotations
 
+import _posixsubprocess
+import contextlib
 import os
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
 
-from bridge.broker import EmbeddedBroker, KafkaCluster, free_port
+from bridge.devbrokers.launcher import EmbeddedBroker, KafkaCluster
+from bridge.http.ports import free_port
 from bridge.settings import Settings
 from tests.container import Build, build_image
 from tests.helpers import (
@@ -33,8 +43,10 @@ from tests.helpers import (
 )
 from tests.registry_double import Registry
 
-BROKER_FIXTURES = {"broker", "kafka_settings", "server"}
+BROKER_FIXTURES = {"broker", "kafka_settings", "server", "tansu_broker"}
 APACHE_FIXTURES = {"kafka_broker", "kafka_cluster"}
+# The markers of the tiers that may start processes; a test with none of them is a unit test.
+STARTING = ("kafka", "apache", "process", "faults", "container", "mount")
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +57,13 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [name for name in os.environ if name.startswith("BRIDGE_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("BRIDGE_ALLOW_UNAUTHENTICATED", "true")
+
+
+def pytest_configure() -> None:
+    # Module and session fixtures, and module-level code, run before `_hermetic`: the
+    # developer's BRIDGE_* leave the whole process first (pytest-xdist's workers inherit this).
+    for name in [name for name in os.environ if name.startswith("BRIDGE_")]:
+        del os.environ[name]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,21 +85,96 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
     # `-m "not kafka"` runs what needs no broker; `-m apache` what needs Apache Kafka itself.
+    unmarked = []
     for item in items:
         if not item.nodeid.endswith(item.name):
             # schemathesis gives each API operation's test the function's id: pytest-xdist,
             # which tells tests apart by id, would run one operation of six. Its name has it.
             item._nodeid = f"{item.nodeid.rpartition('::')[0]}::{item.name}"
         fixtures = set(getattr(item, "fixturenames", ()))
-        if fixtures & (BROKER_FIXTURES | APACHE_FIXTURES):
-            item.add_marker(pytest.mark.kafka)
-        if fixtures & APACHE_FIXTURES:
-            item.add_marker(pytest.mark.apache)
+        missing = _unmarked(item, fixtures)
+        if missing:
+            unmarked.append(f"{item.nodeid} ({missing})")
         if "kafka_cluster" in fixtures:  # one pytest-xdist worker starts the cluster, once
             item.add_marker(pytest.mark.xdist_group("kafka-cluster"))
         if "image" in fixtures:  # one pytest-xdist worker builds the image and runs it
-            item.add_marker(pytest.mark.container)
             item.add_marker(pytest.mark.xdist_group("container"))
+    if unmarked:
+        raise pytest.UsageError(
+            "tests take a broker or the image without their tier's marker (`kafka`: a broker; "
+            "`apache`: Apache Kafka itself; `container`: the image):\n  " + "\n  ".join(unmarked)
+        )
+
+
+def _unmarked(item: pytest.Item, fixtures: set[str]) -> str | None:
+    """A broker fixture the test takes without the marker that says so, or None."""
+    if fixtures & APACHE_FIXTURES and item.get_closest_marker("apache") is None:
+        return ", ".join(sorted(fixtures & APACHE_FIXTURES))
+    if fixtures & BROKER_FIXTURES and not _marked(item, "kafka", "apache", "faults"):
+        return ", ".join(sorted(fixtures & BROKER_FIXTURES))
+    if "image" in fixtures and item.get_closest_marker("container") is None:
+        return "image"
+    return None
+
+
+def _marked(item: pytest.Item, *names: str) -> bool:
+    return any(item.get_closest_marker(name) is not None for name in names)
+
+
+# Not an Exception: no `except Exception` in the code under test hides it.
+class StartedInUnitTier(BaseException):
+    """A unit-tier test started a process (a broker, a server, a JVM, a container)."""
+
+
+_VIOLATIONS = pytest.StashKey[list[str]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    with _no_process_unless_marked(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    with _no_process_unless_marked(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    started = item.stash.get(_VIOLATIONS, [])
+    if started and call.when != "teardown" and not report.failed:
+        report.outcome = "failed"
+        report.longrepr = f"unit-tier test started a process: {started}; give it its tier's marker"
+    return report
+
+
+@contextlib.contextmanager
+def _no_process_unless_marked(item: pytest.Item) -> Iterator[None]:
+    """Every way Python starts a process (subprocess, asyncio, multiprocessing, os) goes through
+    one of these; in a unit-tier test each records the attempt and refuses."""
+    if _marked(item, *STARTING):
+        yield
+        return
+    started = item.stash.setdefault(_VIOLATIONS, [])
+
+    def refuse(name: str) -> Callable[..., Any]:
+        def refused(*args: Any, **_: Any) -> Any:
+            started.append(f"{name}{tuple(str(a) for a in args[:1])}")
+            raise StartedInUnitTier(name)
+
+        return refused
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_posixsubprocess, "fork_exec", refuse("fork_exec"))  # multiprocessing
+        patch.setattr(subprocess, "_fork_exec", refuse("subprocess"))  # subprocess, asyncio
+        for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system"):
+            patch.setattr(os, name, refuse(f"os.{name}"))
+        yield
 
 
 def _on_another_broker(item: pytest.Item, chosen: set[str]) -> bool:

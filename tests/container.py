@@ -28,7 +28,15 @@ ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ROOT / "scripts" / "container_engine.py"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 # The context deploy/Dockerfile copies (.dockerignore keeps the rest out).
-CONTEXT = ("pyproject.toml", "constraints.txt", "README.md", "bridge", "avro", "deploy/Dockerfile")
+CONTEXT = (
+    "pyproject.toml",
+    "constraints.txt",
+    "README.md",
+    "bridge",
+    "avro",
+    "examples/notifications",
+    "deploy/Dockerfile",
+)
 # What the tests allow the image (README, "Deploy"): checked by test_image.py.
 SIZE_BUDGET_MB = 300
 VENV_BUDGET_MB = 80

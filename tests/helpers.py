@@ -25,16 +25,17 @@ import pytest
 import uvicorn
 from aiokafka import ConsumerRecord
 
-from bridge.app import create_app
-from bridge.broker import BrokerUnavailable, EmbeddedBroker, KafkaCluster, free_port, kafka_missing
 from bridge.codec.schemas import default_schema_dir
-from bridge.errors import PublishError
-from bridge.kafka import create_topics_and_wait, reading
-from bridge.publish import Delivery, MemoryPublisher, Publisher
-from bridge.record import Record
-from bridge.routing import all_topics
+from bridge.devbrokers.launcher import EmbeddedBroker, KafkaCluster, kafka_missing
+from bridge.errors import BrokerUnavailable, PublishError
+from bridge.http.ports import free_port
+from bridge.http.supervisor import serving
+from bridge.kafka.admin import create_topics_and_wait
+from bridge.kafka.client import reading
+from bridge.kafka.publish import Delivery, MemoryPublisher, Publisher
+from bridge.notifications.record import Record
+from bridge.notifications.routing import all_topics
 from bridge.settings import Settings, load_settings
-from bridge.supervisor import server_config
 from tests.registry_double import Registry
 
 __all__ = [
@@ -277,7 +278,7 @@ class RunningServer:
 
 def run_server(settings: Settings, publisher: Publisher | None = None) -> Iterator[RunningServer]:
     """bridge on a real uvicorn server in a thread, as httpx's own test suite does."""
-    config = server_config(settings, create_app(settings, publisher))
+    config = serving(settings, publisher)
     for url in serve_in_thread(uvicorn.Server(config)):
         yield RunningServer(url, settings)
 
@@ -429,7 +430,7 @@ def broker_settings(broker: Broker, topic_prefix: str, tmp_path: Path) -> Settin
 async def consume(
     bootstrap_servers: str, topics: list[str], idle: float | None = None, timeout: float = 90.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record in `topics`, from the beginning (`bridge.kafka.reading`, as tail and
+    """Every record in `topics`, from the beginning (`bridge.kafka.client.reading`, as tail and
     replay read): up to the end offsets read at the start, or, given `idle`, until nothing new
     comes for `idle` seconds (prefer `Broker.consume`, which knows whether its broker's end
     offsets can be trusted). Fails the test after `timeout` seconds."""

@@ -11,11 +11,11 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from bridge.app import WEBHOOK_PATH, create_app
 from bridge.codec.encode import Codec
 from bridge.codec.mapping import Mapper
 from bridge.codec.schemas import load_schemas
-from bridge.publish import MemoryPublisher
+from bridge.http.app import WEBHOOK_PATH, create_app
+from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import load_settings
 from tests.helpers import StalledPublisher, sample, sample_bytes
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import orjson
 import yaml
 
-from bridge import parse
-from bridge.asyncapi import DEAD_LETTER_REASONS, document
 from bridge.codec.schemas import RECORD_NAMES, load_schemas
-from bridge.parse import parse_notification
-from bridge.routing import REDRIVEN_FROM, all_topics, dead_letter_headers, headers_for
+from bridge.notifications import parse
+from bridge.notifications.asyncapi import DEAD_LETTER_REASONS, document
+from bridge.notifications.parse import parse_notification
+from bridge.notifications.routing import REDRIVEN_FROM, all_topics, dead_letter_headers, headers_for
 from bridge.settings import Settings
 from tests.helpers import NEW_TYPE, sample_bytes, schema_dir_with_new_type
 

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
-from bridge import auth
-from bridge.auth import Guard, bearer_token
+from bridge.http import auth
+from bridge.http.auth import Guard, bearer_token
 from bridge.settings import load_settings
 
 
@@ -20,7 +23,7 @@ def test_any_of_several_tokens_is_accepted_for_rotation() -> None:
     assert not g.authorized(None)
 
 
-def test_tokens_come_from_a_file(tmp_path) -> None:
+def test_tokens_come_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
     path.write_text("first\nsecond\n")
     g = guard(auth_tokens_file=path, allow_unauthenticated=False)
@@ -71,7 +74,7 @@ def test_x_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
 
 def test_failed_attempts_are_limited_per_address(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
-    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])  # as auth reads it
     g = guard(auth_failure_limit=3)
     for _ in range(3):
         assert g.failed("192.0.2.1") is None  # answered as an unknown path

@@ -13,7 +13,7 @@ import pytest
 
 from bench import benthos, instructions, load
 from bench.__main__ import target_line
-from bridge.broker import kafka_missing
+from bridge.devbrokers.launcher import kafka_missing
 
 
 def test_percentiles_count_every_request() -> None:
@@ -37,6 +37,7 @@ def test_targets_against_benthos_are_judged_on_the_median_round() -> None:
     assert target_line("small", slower) == "| small | 1.25x | - | 1.12x | ≤ 1.0x: NOT met |"
 
 
+@pytest.mark.apache
 @pytest.mark.timeout(480)  # a dozen servers and a run on Apache Kafka, on two shared cores
 def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     output = tmp_path / "RESULTS.md"

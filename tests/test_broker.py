@@ -1,4 +1,5 @@
-"""bridge/broker.py: the brokers bridge starts itself (Tansu, and Apache Kafka from its jars)."""
+"""bridge/devbrokers/launcher.py: the brokers bridge starts itself (Tansu, and Apache Kafka
+from its jars)."""
 
 from __future__ import annotations
 
@@ -9,25 +10,26 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from bridge.broker import (
+from bridge.devbrokers.launcher import (
     POM,
     EmbeddedBroker,
     KafkaCluster,
     KafkaSecurity,
-    free_port,
     kafka_cache,
     kafka_classpath,
     kafka_missing,
     kafka_version,
 )
 from bridge.errors import BrokerUnavailable
-from bridge.kafka import create_topics_and_wait, describe_partitions
+from bridge.http.ports import free_port
+from bridge.kafka.admin import create_topics_and_wait, describe_partitions
 from tests.helpers import Broker, run_sync, wait_for
 
 
@@ -40,18 +42,19 @@ def fake_tool(folder: Path, name: str, script: str) -> None:
 # --- without a broker -----------------------------------------------------------------------
 
 
-# A broker as it is started (bridge.broker._spawn), ignoring SIGTERM as a Kafka broker in a
+# A broker as it is started (launcher._spawn), ignoring SIGTERM as a Kafka broker in a
 # controlled shutdown that cannot reach its controller does; then the starter sleeps.
 STARTER = """
 import sys, time
 from pathlib import Path
-from bridge.broker import _spawn
+from bridge.devbrokers.launcher import _spawn
 ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
 print(_spawn([sys.executable, "-c", ignoring], Path(sys.argv[1])).pid, flush=True)
 time.sleep(60)
 """
 
 
+@pytest.mark.process
 def test_a_broker_dies_with_the_process_that_started_it_even_ignoring_sigterm(
     tmp_path: Path,
 ) -> None:
@@ -115,6 +118,7 @@ def test_a_machine_without_java_or_mvn_is_told_which_in_one_line(
     assert kafka_missing() is None
 
 
+@pytest.mark.process
 def test_a_failed_fetch_names_its_log_and_leaves_no_half_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -152,6 +156,7 @@ def test_the_security_options_become_listeners_and_broker_settings(tmp_path: Pat
         KafkaSecurity(tmp_path, tmp_path, tmp_path, scram_users={"a": "x,y"}).format_arguments()
 
 
+@pytest.mark.kafka
 def test_the_embedded_broker_names_its_port_when_it_cannot_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -166,7 +171,7 @@ def test_the_embedded_broker_names_its_port_when_it_cannot_start(
 
 
 async def produce(
-    bootstrap_servers: str, topic: str, timeout_ms: int = 10000, **options: object
+    bootstrap_servers: str, topic: str, timeout_ms: int = 10000, **options: Any
 ) -> int:
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
@@ -177,11 +182,13 @@ async def produce(
     )
     try:  # stopped even when it cannot start: aiokafka warns of an unclosed producer
         await producer.start()
-        return (await producer.send_and_wait(topic, b"value", key=b"case")).offset
+        offset: int = (await producer.send_and_wait(topic, b"value", key=b"case")).offset
+        return offset
     finally:
         await producer.stop()
 
 
+@pytest.mark.apache
 async def test_one_node_takes_idempotent_writes_and_creates_no_topic_on_first_use(
     kafka_broker: Broker, topic_prefix: str
 ) -> None:
@@ -198,6 +205,7 @@ async def test_one_node_takes_idempotent_writes_and_creates_no_topic_on_first_us
         describe_partitions(kafka_broker.bootstrap_servers, f"{topic_prefix}missing")
 
 
+@pytest.mark.apache
 def test_a_node_that_cannot_start_names_its_log_file(tmp_path: Path) -> None:
     cluster = KafkaCluster(1, directory=tmp_path, properties={"num.io.threads": "zero"})
     with pytest.raises(BrokerUnavailable) as caught:
@@ -208,6 +216,7 @@ def test_a_node_that_cannot_start_names_its_log_file(tmp_path: Path) -> None:
     assert not node.running
 
 
+@pytest.mark.apache
 async def test_the_cluster_replicates_three_times_and_elects_a_new_leader_when_one_dies(
     kafka_cluster: KafkaCluster, topic_prefix: str
 ) -> None:
@@ -235,6 +244,7 @@ async def test_the_cluster_replicates_three_times_and_elects_a_new_leader_when_o
     wait_for(lambda: leader in kafka_cluster.partitions(topic)[0].isr, 60, "back in sync", 0.2)
 
 
+@pytest.mark.apache
 def test_a_broker_stopped_cleanly_leaves_the_isr_at_once(
     kafka_cluster: KafkaCluster, topic_prefix: str
 ) -> None:
@@ -247,6 +257,7 @@ def test_a_broker_stopped_cleanly_leaves_the_isr_at_once(
     assert all(node.node_id not in s.isr and s.leader != node.node_id for s in states)
 
 
+@pytest.mark.apache
 async def test_scram_users_tls_and_mutual_tls_listeners(tmp_path: Path, topic_prefix: str) -> None:
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1")
@@ -269,7 +280,7 @@ async def test_scram_users_tls_and_mutual_tls_listeners(tmp_path: Path, topic_pr
     ca.issue_cert("bridge-client").configure_cert(client)
     with KafkaCluster(1, security=security, directory=tmp_path / "kafka") as cluster:
         await create_topics_and_wait(cluster.bootstrap_servers, [topic], partitions=1)
-        scram = {
+        scram: dict[str, Any] = {
             "security_protocol": "SASL_SSL",
             "ssl_context": context,
             "sasl_mechanism": "SCRAM-SHA-512",

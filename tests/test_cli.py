@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from bridge import __version__
-from bridge.broker import free_port
+from bridge.http.ports import free_port
 from bridge.settings import Settings
 from tests.helpers import (
     Broker,
@@ -67,6 +67,7 @@ def serving(kafka_settings: Settings) -> Iterator[tuple[Settings, dict[str, str]
             process.communicate()
 
 
+@pytest.mark.process
 def test_version_and_help() -> None:
     assert run("version", env=environment()).stdout.strip() == f"bridge {__version__}"
     for command in ("serve", "dev", "tail"):
@@ -75,6 +76,7 @@ def test_version_and_help() -> None:
         assert "usage: bridge" in result.stdout
 
 
+@pytest.mark.process
 def test_a_bad_setting_stops_the_start_with_one_line() -> None:
     result = run("serve", env=environment(BRIDGE_PORT="eighty"))
     assert result.returncode == 2
@@ -83,6 +85,7 @@ def test_a_bad_setting_stops_the_start_with_one_line() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.process
 def test_serve_refuses_to_start_without_a_token() -> None:
     result = run("serve", env=environment(BRIDGE_AUTH_TOKENS=""))
     assert result.returncode == 2
@@ -91,6 +94,7 @@ def test_serve_refuses_to_start_without_a_token() -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.process
 def test_an_unreachable_broker_is_reported_clearly() -> None:
     env = environment(
         BRIDGE_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
@@ -103,6 +107,7 @@ def test_an_unreachable_broker_is_reported_clearly() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.kafka
 def test_serve_then_tail_shows_the_case_rebuilt_exactly(
     serving: tuple[Settings, dict[str, str]], broker: Broker, request: pytest.FixtureRequest
 ) -> None:
@@ -128,6 +133,7 @@ def test_serve_then_tail_shows_the_case_rebuilt_exactly(
     assert re.search(r"call\s+case=12345\.0\s+intention=E\s+hangup_type=ByCallee", pretty.stdout)
 
 
+@pytest.mark.kafka
 def test_tail_shows_dead_letters_with_their_reason(
     serving: tuple[Settings, dict[str, str]], broker: Broker, request: pytest.FixtureRequest
 ) -> None:
@@ -172,6 +178,7 @@ def test_dev_starts_a_broker_serves_and_stops_both_on_ctrl_c() -> None:
     banner.assert_broker_gone()
 
 
+@pytest.mark.kafka
 @pytest.mark.one_broker  # the supervisor's tests: about processes, not the broker
 def test_several_workers_share_the_socket_and_add_up_their_metrics(
     kafka_settings: Settings,
@@ -237,6 +244,7 @@ def _replaced(process: subprocess.Popen[bytes], workers: list[int], gone: int, p
     wait_for(lambda: len(_workers_answering(port, connections=16)) == 2, 20, "both answer", 0.2)
 
 
+@pytest.mark.kafka
 @pytest.mark.one_broker
 def test_a_worker_that_dies_is_replaced(kafka_settings: Settings) -> None:
     with _two_workers(kafka_settings) as (process, workers, log):
@@ -250,6 +258,7 @@ def test_a_worker_that_dies_is_replaced(kafka_settings: Settings) -> None:
     assert re.search(r"worker 0 exited \(-9\) after \d+ s: replaced in 0.5 s", log.read_text())
 
 
+@pytest.mark.kafka
 @pytest.mark.one_broker
 def test_a_hung_worker_is_killed_and_replaced(kafka_settings: Settings) -> None:
     with _two_workers(kafka_settings, BRIDGE_WORKER_TIMEOUT="2") as (process, workers, log):
@@ -265,6 +274,7 @@ def test_a_hung_worker_is_killed_and_replaced(kafka_settings: Settings) -> None:
     assert re.search(r"worker 1 hung \(\d+ s\): killed", log.read_text())
 
 
+@pytest.mark.kafka
 @pytest.mark.one_broker
 def test_a_worker_that_does_not_stop_is_killed_when_the_service_stops(
     kafka_settings: Settings,
@@ -278,6 +288,7 @@ def test_a_worker_that_does_not_stop_is_killed_when_the_service_stops(
     assert "worker 0 did not stop in time: killed" in log.read_text()
 
 
+@pytest.mark.kafka
 @pytest.mark.one_broker
 def test_workers_whose_supervisor_is_killed_stop_by_themselves(kafka_settings: Settings) -> None:
     env = process_env(kafka_settings, BRIDGE_AUTH_TOKENS=TOKEN, BRIDGE_WORKERS="2")
@@ -295,6 +306,7 @@ def test_workers_whose_supervisor_is_killed_stop_by_themselves(kafka_settings: S
     assert log.read_text().count("the supervisor is gone, stopping") == 2
 
 
+@pytest.mark.kafka
 @pytest.mark.one_broker
 def test_workers_that_cannot_listen_stop_the_service(kafka_settings: Settings) -> None:
     with socket.socket() as taken:  # a plain listener on the port: no sharing it
@@ -358,6 +370,7 @@ def _workers_answering(port: int, connections: int) -> set[str]:
     return prefixes
 
 
+@pytest.mark.kafka
 def test_serve_refuses_to_start_when_its_schemas_are_not_registered(
     kafka_settings: Settings, schema_registry: RunningRegistry
 ) -> None:

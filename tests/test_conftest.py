@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 GROUPED = """
@@ -28,6 +30,7 @@ def test_free(n: int) -> None:
 """
 
 
+@pytest.mark.process
 def test_tests_of_one_xdist_group_run_in_one_process(tmp_path: Path) -> None:
     # pytest 9.2 broke the grouping silently (pytest-xdist#1386): two processes would then
     # each start the three-broker cluster, or build the Java example in one folder at once.
@@ -59,6 +62,7 @@ def test_tests_of_one_xdist_group_run_in_one_process(tmp_path: Path) -> None:
     assert len(set(ran)) == 1, ran
 
 
+@pytest.mark.process
 def test_each_api_operation_has_its_own_test_id() -> None:
     # schemathesis names each operation's test with the function's id; conftest gives each
     # its own, else pytest-xdist (which tells tests apart by id) would run one of the six.
@@ -73,3 +77,111 @@ def test_each_api_operation_has_its_own_test_id() -> None:
     ids = [line for line in result.stdout.splitlines() if "api_keeps_its_description" in line]
     assert len(ids) == 6, result.stdout
     assert len(set(ids)) == 6, ids
+
+
+# Our conftest as a plugin, on tests of a folder of their own (no pyproject: no strict markers).
+PYTEST_WITH_OUR_CONFTEST = [sys.executable, "-m", "pytest", "-p", "tests.conftest"]
+PYTEST_WITH_OUR_CONFTEST += ["-p", "no:cacheprovider"]
+
+GUARDED = """
+import subprocess
+import sys
+
+import pytest
+
+
+def test_unmarked_starts_a_process() -> None:
+    try:  # what the code under test might do: swallow the error; the guard still tells
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+    except Exception:
+        pass
+
+
+async def test_unmarked_starts_one_through_asyncio() -> None:
+    import asyncio
+
+    await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+
+
+@pytest.mark.process
+def test_marked_starts_a_process() -> None:
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+
+def test_unmarked_starts_nothing() -> None:
+    pass
+"""
+
+
+@pytest.mark.process
+def test_a_unit_tier_test_that_starts_a_process_fails(tmp_path: Path) -> None:
+    (tmp_path / "test_guarded.py").write_text(GUARDED)
+    result = subprocess.run(
+        [*PYTEST_WITH_OUR_CONFTEST, "-o", "asyncio_mode=auto", "-q", str(tmp_path)],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "2 failed, 2 passed" in result.stdout, result.stdout + result.stderr
+    assert "FAILED test_guarded.py::test_unmarked_starts_a_process" in result.stdout
+    assert "FAILED test_guarded.py::test_unmarked_starts_one_through_asyncio" in result.stdout
+
+
+BROKER_UNMARKED = """
+def test_takes_a_broker(broker) -> None:
+    pass
+"""
+
+
+@pytest.mark.process
+def test_a_test_taking_a_broker_without_its_marker_is_refused_at_collection(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "test_unmarked.py").write_text(BROKER_UNMARKED)
+    result = subprocess.run(
+        [*PYTEST_WITH_OUR_CONFTEST, "--co", "-q", str(tmp_path)],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "test_takes_a_broker" in result.stderr + result.stdout
+    assert "without their tier's marker" in result.stderr + result.stdout
+
+
+MODULE_SETTINGS = """
+import pytest
+
+from bridge.settings import load_settings
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return load_settings()
+
+
+def test_module_fixtures_read_no_exported_setting(settings) -> None:
+    assert settings.port == 8080
+"""
+
+
+@pytest.mark.process
+def test_exported_bridge_variables_reach_no_fixture_of_any_scope(tmp_path: Path) -> None:
+    (tmp_path / "test_exported.py").write_text(MODULE_SETTINGS)
+    exported = {"BRIDGE_PORT": "not a port", "BRIDGE_WORKERS": "many", "BRIDGE_LOG_LEVEL": "x"}
+    result = subprocess.run(
+        [*PYTEST_WITH_OUR_CONFTEST, "-q", str(tmp_path)],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **exported},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "1 passed" in result.stdout, result.stdout + result.stderr

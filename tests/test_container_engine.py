@@ -31,6 +31,7 @@ def test_a_daemon_it_did_not_start_is_left_running(
     assert "not started by us" in capsys.readouterr().out
 
 
+@pytest.mark.process
 def test_a_recorded_pid_that_is_no_longer_dockerd_is_not_signalled(engine: ModuleType) -> None:
     # The daemon it started is gone and its pid reused by another process: that one lives.
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])

@@ -1,16 +1,17 @@
 from __future__ import annotations
 
 import sys
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bridge import dedup
-from bridge.dedup import Deduplicator
 from bridge.settings import Settings
-from bridge.spool import Spool
+from bridge.state import dedup
+from bridge.state.dedup import Deduplicator
+from bridge.state.spool import Spool
 
 
 class Clock:
@@ -24,7 +25,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(dedup.time, "time", fake)
+    monkeypatch.setattr(time, "time", fake)  # as dedup reads it
     return fake
 
 

@@ -17,10 +17,10 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from bridge.app import WEBHOOK_PATH, create_app
-from bridge.publish import MemoryPublisher
+from bridge.http.app import WEBHOOK_PATH, create_app
+from bridge.http.supervisor import graceful_seconds
+from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import ENV_PREFIX, Settings, load_settings
-from bridge.supervisor import graceful_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -142,7 +142,7 @@ def test_the_healthcheck_reads_the_settings() -> None:
         for line in DOCKERFILE.replace("\\\n", " ").splitlines()
         if line.startswith("HEALTHCHECK")
     )
-    assert healthcheck.endswith('CMD ["python3", "-m", "bridge.healthcheck"]')
+    assert healthcheck.endswith('CMD ["python3", "-m", "bridge.commands.healthcheck"]')
     assert "8080" not in healthcheck
 
 

@@ -12,7 +12,8 @@ import httpx2
 import orjson
 import pytest
 
-from bridge.broker import free_port, kafka_missing
+from bridge.devbrokers.launcher import kafka_missing
+from bridge.http.ports import free_port
 from tests.helpers import DevBanner, sample, wait_for_port
 
 

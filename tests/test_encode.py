@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import struct
+from typing import Any
 
 import fastavro
 import pytest
@@ -38,7 +39,7 @@ def test_values_are_in_avro_single_object_encoding(kind: str) -> None:
     (fingerprint,) = struct.unpack("<Q", value[2:10])
     assert fingerprint == crc64_avro(schema.canonical.encode())
     # The body is plain Avro binary: any Avro library reads it with the schema.
-    body = fastavro.schemaless_reader(io.BytesIO(value[10:]), schema.parsed, None)
+    body: Any = fastavro.schemaless_reader(io.BytesIO(value[10:]), schema.parsed, None)
     assert body["callee"]["case_id"] == "12345.0"
 
 

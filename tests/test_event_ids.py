@@ -24,12 +24,18 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
-from bridge.broker import free_port
-from bridge.dedup import digest
-from bridge.event_ids import config_problem, decode_ids, event_ids_topic, id_producer, send_ids
-from bridge.kafka import create_topics_and_wait
-from bridge.routing import all_topics
+from bridge.http.ports import free_port
+from bridge.kafka.admin import create_topics_and_wait
+from bridge.kafka.event_ids import (
+    config_problem,
+    decode_ids,
+    event_ids_topic,
+    id_producer,
+    send_ids,
+)
+from bridge.notifications.routing import all_topics
 from bridge.settings import load_settings
+from bridge.state.dedup import digest
 from tests.helpers import Broker, notification, process_env
 from tests.traffic import BridgeProcess, Landed, listening
 

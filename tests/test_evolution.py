@@ -16,7 +16,7 @@ import pytest
 
 from bridge.codec.mapping import Mapper
 from bridge.codec.schemas import Schema, default_schema_dir, load_history, load_schemas
-from bridge.schema_tools import check_schemas, snapshot
+from bridge.commands.schema_tools import check_schemas, snapshot
 from bridge.settings import load_settings
 from tests.helpers import sample
 
@@ -29,7 +29,7 @@ def resolve(record: dict[str, Any], writer: Schema, reader: Schema) -> dict[str,
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, writer.parsed, record)
     buffer.seek(0)
-    result: dict[str, Any] = fastavro.schemaless_reader(
+    result: dict[str, Any] = fastavro.schemaless_reader(  # type: ignore[assignment]
         buffer, writer.parsed, reader.parsed, return_record_name=True,
         return_record_name_override=True,
     )  # fmt: skip
@@ -118,6 +118,7 @@ async def test_a_field_added_without_a_default_breaks_backward(schema_dir: Path)
     assert (await check_schemas(load_settings(), "FORWARD", schema_dir)).failures == []
 
 
+@pytest.mark.process
 def test_the_cli_fails_a_ci_pipeline_on_an_incompatible_edit(schema_dir: Path) -> None:
     edit(schema_dir, "airudder.Callee.avsc", "case_id", {"type": "long", "default": 0})
     result = subprocess.run(
@@ -135,7 +136,7 @@ def test_the_cli_fails_a_ci_pipeline_on_an_incompatible_edit(schema_dir: Path) -
 
 
 async def test_the_check_asks_the_registry_too(schema_registry: Any, tmp_path: Path) -> None:
-    from bridge.registry import SchemaRegistry  # noqa: PLC0415
+    from bridge.codec.registry import SchemaRegistry  # noqa: PLC0415
 
     settings = load_settings(schema_registry_url=schema_registry.url)
     registry = SchemaRegistry(settings)

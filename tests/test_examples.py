@@ -18,6 +18,7 @@ from tests.helpers import (
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "python" / "consumer.py"
 
 
+@pytest.mark.kafka
 def test_the_python_consumer_example_reads_a_case_history(
     server: RunningServer, broker: Broker, request: pytest.FixtureRequest
 ) -> None:

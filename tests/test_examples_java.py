@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from bridge.codec.encode import CONFLUENT_MAGIC, MAGIC
+from bridge.codec.registry import SchemaRegistry
 from bridge.codec.schemas import (
     build,
     default_schema_dir,
@@ -25,10 +26,9 @@ from bridge.codec.schemas import (
     load_schemas,
     read_definitions,
 )
-from bridge.registry import SchemaRegistry
-from bridge.routing import topic_for
+from bridge.commands.tail import Decoder
+from bridge.notifications.routing import topic_for
 from bridge.settings import Settings
-from bridge.tail import Decoder
 from tests.helpers import RunningRegistry, consume, run_server, run_sync, sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,11 @@ CASE = "12345.0"
 
 # Maven fetches the dependencies once into its own cache (~/.m2), slow on a first run. One
 # pytest-xdist worker runs the module: one `mvn package` into examples/java/target at a time.
-pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("java-example")]
+pytestmark = [
+    pytest.mark.process,
+    pytest.mark.timeout(600),
+    pytest.mark.xdist_group("java-example"),
+]
 
 
 @pytest.fixture(scope="session")
@@ -182,6 +186,7 @@ def evolved_schema_dir(tmp_path: Path) -> Path:
     return directory
 
 
+@pytest.mark.kafka
 def test_java_reads_single_object_encoding_through_the_history_schemas(
     case_history_jar: Path, kafka_settings: Settings, tmp_path: Path
 ) -> None:
@@ -197,6 +202,7 @@ def test_java_reads_single_object_encoding_through_the_history_schemas(
     assert by_type(java) == by_type(python), said
 
 
+@pytest.mark.kafka
 def test_java_reads_the_confluent_framing_with_the_schema_from_the_registry(
     case_history_jar: Path, kafka_settings: Settings, schema_registry: RunningRegistry
 ) -> None:

@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 from aiokafka.partitioner import murmur2
 
-from bridge.broker import BrokerUnavailable, KafkaCluster, KafkaNode, free_port, kafka_classpath
-from bridge.kafka import create_topics_and_wait
-from bridge.routing import all_topics
+from bridge.devbrokers.launcher import KafkaCluster, KafkaNode, kafka_classpath
+from bridge.errors import BrokerUnavailable
+from bridge.http.ports import free_port
+from bridge.kafka.admin import create_topics_and_wait
+from bridge.notifications.routing import all_topics
 from bridge.settings import load_settings
 from tests.helpers import consume, process_env, require_apache_kafka, run_sync, started, wait_for
 from tests.traffic import (
@@ -37,7 +39,7 @@ from tests.traffic import (
     scrape,
 )
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.faults, pytest.mark.apache, pytest.mark.timeout(300)]
 logger = logging.getLogger(__name__)
 
 TOKEN = "fault-token"

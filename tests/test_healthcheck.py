@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import trustme
 
-from bridge.broker import free_port
-from bridge.healthcheck import probe, url
-from bridge.publish import MemoryPublisher
+from bridge.commands.healthcheck import probe, url
+from bridge.http.ports import free_port
+from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import Settings, load_settings
 from tests.helpers import run_server
 
@@ -46,6 +46,7 @@ def cli(settings: Settings, *command: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.process
 def test_a_bridge_on_another_port_is_healthy_and_one_gone_is_not(tmp_path: Path) -> None:
     settings = load_settings(spool_dir=tmp_path, port=free_port(), host="0.0.0.0")
     assert url(settings) == f"http://127.0.0.1:{settings.port}/healthz"
@@ -53,16 +54,19 @@ def test_a_bridge_on_another_port_is_healthy_and_one_gone_is_not(tmp_path: Path)
     try:
         assert probe(settings) is None
         assert cli(settings).returncode == 0
-        assert cli(settings, "bridge.healthcheck").returncode == 0  # the image's HEALTHCHECK
+        assert (
+            cli(settings, "bridge.commands.healthcheck").returncode == 0
+        )  # the image's HEALTHCHECK
     finally:
         stop(servers)
     assert probe(settings) is not None
-    assert cli(settings, "bridge.healthcheck").returncode == 1
+    assert cli(settings, "bridge.commands.healthcheck").returncode == 1
     down = cli(settings)
     assert down.returncode == 1
     assert f"127.0.0.1:{settings.port}" in down.stderr
 
 
+@pytest.mark.process
 def test_a_bridge_serving_https_is_healthy(tmp_path: Path) -> None:
     cert = trustme.CA().issue_cert("bridge.example.com")  # not 127.0.0.1: never verified
     cert.private_key_pem.write_to_path(tmp_path / "key.pem")
@@ -111,11 +115,12 @@ def test_a_server_that_answers_but_not_200_is_unhealthy(tmp_path: Path) -> None:
         server.server_close()
 
 
+@pytest.mark.process
 def test_bad_settings_are_named_not_reported_healthy(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env["BRIDGE_PORT"] = "not-a-port"
     done = subprocess.run(
-        [sys.executable, "-m", "bridge.healthcheck"],
+        [sys.executable, "-m", "bridge.commands.healthcheck"],
         env=env,
         capture_output=True,
         text=True,

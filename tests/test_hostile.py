@@ -23,9 +23,9 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.testclient import TestClient
 
-from bridge.app import WEBHOOK_PATH, create_app
-from bridge.pipeline import Pipeline
-from bridge.publish import MemoryPublisher
+from bridge.container import build_pipeline
+from bridge.http.app import WEBHOOK_PATH, create_app
+from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import load_settings
 from tests.helpers import sample
 
@@ -46,7 +46,7 @@ class Harness:
             **extra,
         )
         self.app = create_app(self.settings, self.publisher)
-        self.pipeline = Pipeline(self.settings, MemoryPublisher())  # to compute event ids
+        self.pipeline = build_pipeline(self.settings, MemoryPublisher())  # to compute event ids
 
     def stored(self) -> list[Any]:
         return [m for log in self.publisher.topics.values() for m in log]
@@ -226,7 +226,7 @@ def test_hostile_bodies_and_headers_never_get_a_5xx_and_what_is_accepted_is_stor
 
 # -- the OpenAPI description ----------------------------------------------------------------------
 
-COMMITTED = Path(__file__).resolve().parent.parent / "bridge" / "openapi.json"
+COMMITTED = Path(__file__).resolve().parent.parent / "bridge" / "http" / "openapi.json"
 schema = schemathesis.openapi.from_path(COMMITTED)
 
 
@@ -243,7 +243,7 @@ def api() -> Iterator[TestClient]:
 
 @schema.parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-def test_the_api_keeps_its_description(api: TestClient, case: schemathesis.Case) -> None:
+def test_the_api_keeps_its_description(api: TestClient, case: schemathesis.Case) -> None:  # type: ignore[type-arg]
     kwargs = case.as_transport_kwargs(base_url="http://testserver")
     kwargs.pop("cookies", None)  # the API uses none; httpx2 deprecates per-request cookies
     if isinstance(kwargs.get("data"), bytes | str):  # httpx2 takes raw bodies as `content`

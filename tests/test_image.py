@@ -25,8 +25,8 @@ import pytest
 import trustme
 import yaml
 
-from bridge.app import WEBHOOK_PATH
-from bridge.broker import free_port
+from bridge.http.app import WEBHOOK_PATH
+from bridge.http.ports import free_port
 from bridge.settings import Settings
 from tests.container import (
     SIZE_BUDGET_MB,
@@ -59,7 +59,7 @@ from tests.traffic import (
     twice,
 )
 
-pytestmark = [pytest.mark.container, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.container, pytest.mark.apache, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -142,7 +142,7 @@ def test_the_image_is_small_runs_as_its_own_user_and_leaves_no_volume(image: Bui
         "CMD",
         "python3",
         "-m",
-        "bridge.healthcheck",
+        "bridge.commands.healthcheck",
     ]
     size_mb = inspected["Size"] / 1e6
     probe = docker(
@@ -491,7 +491,8 @@ def test_compose_brings_up_kafka_and_the_bridge_end_to_end(image: Build, tmp_pat
     def state(service: str) -> dict[str, Any]:
         [container_id] = compose("ps", "-q", service).split()
         inspected: list[dict[str, Any]] = yaml.safe_load(docker("inspect", container_id).stdout)
-        return inspected[0]["State"]
+        state: dict[str, Any] = inspected[0]["State"]
+        return state
 
     try:
         started = time.monotonic()

@@ -10,24 +10,19 @@ import httpx2
 import orjson
 import pytest
 
-from bridge.app import WEBHOOK_PATH
-from bridge.broker import free_port
-from bridge.kafka import (
-    Creation,
-    TopicSpec,
-    consume_until_idle,
-    create_topics,
-    create_topics_and_wait,
-    reading,
-)
-from bridge.publish import KafkaPublisher
-from bridge.record import Record
-from bridge.routing import all_topics
+from bridge.commands.tail import Decoder
+from bridge.http.app import WEBHOOK_PATH
+from bridge.http.ports import free_port
+from bridge.kafka.admin import Creation, TopicSpec, create_topics, create_topics_and_wait
+from bridge.kafka.client import consume_until_idle, reading
+from bridge.kafka.publish import KafkaPublisher
+from bridge.notifications.record import Record
+from bridge.notifications.routing import all_topics
 from bridge.settings import Settings, load_settings
-from bridge.tail import Decoder
 from tests.helpers import Broker, RunningServer, run_server, run_sync, sample, sample_bytes
 
 
+@pytest.mark.kafka
 async def test_each_type_lands_in_its_topic_keyed_and_rebuilt_exactly(
     server: RunningServer, broker: Broker
 ) -> None:
@@ -50,6 +45,7 @@ async def test_each_type_lands_in_its_topic_keyed_and_rebuilt_exactly(
     assert dict(dead.headers)["dlq-reason"] == b"not-json"
 
 
+@pytest.mark.kafka
 async def test_each_cases_history_keeps_the_order_of_acknowledgement(
     server: RunningServer, broker: Broker
 ) -> None:
@@ -83,6 +79,7 @@ async def test_each_cases_history_keeps_the_order_of_acknowledgement(
     assert len({p for parts in partition_of.values() for p in parts}) > 1  # keys spread out
 
 
+@pytest.mark.kafka
 def test_a_broker_that_goes_away_gets_503_with_retry_after_within_the_budget(
     broker: Broker,
 ) -> None:
@@ -113,6 +110,7 @@ def test_a_broker_that_goes_away_gets_503_with_retry_after_within_the_budget(
     assert elapsed < 3
 
 
+@pytest.mark.kafka
 async def test_reading_until_idle_gets_every_record_from_the_oldest_and_names_missing_topics(
     kafka_settings: Settings,
 ) -> None:
@@ -142,6 +140,7 @@ def source(broker: Broker) -> dict[str, str]:
     return {"bootstrap_servers": broker.bootstrap_servers}
 
 
+@pytest.mark.kafka
 async def test_creating_topics_tells_those_created_from_those_there(
     source: dict[str, str], topic_prefix: str
 ) -> None:
@@ -151,6 +150,7 @@ async def test_creating_topics_tells_those_created_from_those_there(
     assert both == Creation(created=[second.name], existed=[first.name])
 
 
+@pytest.mark.kafka
 async def test_the_configuration_of_a_topic_there_is_described_when_asked(
     broker: Broker, source: dict[str, str], topic_prefix: str
 ) -> None:
@@ -164,6 +164,7 @@ async def test_the_configuration_of_a_topic_there_is_described_when_asked(
     assert again == Creation(existed=[spec.name], configs={spec.name: spec.config})
 
 
+@pytest.mark.kafka
 async def test_a_topic_the_broker_refuses_is_told_with_its_error_and_the_others_created(
     broker: Broker, source: dict[str, str], topic_prefix: str
 ) -> None:

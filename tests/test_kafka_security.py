@@ -24,10 +24,11 @@ import orjson
 import pytest
 import trustme
 
-from bridge.app import WEBHOOK_PATH
-from bridge.broker import KafkaCluster, KafkaSecurity, free_port
-from bridge.kafka import create_topics_and_wait
-from bridge.routing import all_topics
+from bridge.devbrokers.launcher import KafkaCluster, KafkaSecurity
+from bridge.http.app import WEBHOOK_PATH
+from bridge.http.ports import free_port
+from bridge.kafka.admin import create_topics_and_wait
+from bridge.notifications.routing import all_topics
 from tests.helpers import require_apache_kafka, run_sync, sample, sample_bytes, wait_for_port
 
 # One pytest-xdist worker runs the module: its secured node is started once.
@@ -74,7 +75,8 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     client = ca.issue_cert(CLIENT_CN, common_name=CLIENT_CN)
     stranger = stranger_ca.issue_cert(CLIENT_CN, common_name=CLIENT_CN)
     names = ("ca", "server", "server.key", "client", "client.key", "stranger-ca", "stranger")
-    paths = Certificates(*(folder / f"{name}.pem" for name in names), folder / "stranger.key.pem")
+    pems = [folder / f"{name}.pem" for name in names] + [folder / "stranger.key.pem"]
+    paths = Certificates(*pems)
     ca.cert_pem.write_to_path(paths.ca)
     stranger_ca.cert_pem.write_to_path(paths.stranger_ca)
     for leaf, chain, key in (

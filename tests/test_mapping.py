@@ -34,7 +34,7 @@ def write(schema: Schema, notification: dict[str, Any]) -> bytes:
 
 
 def rebuild(mapper: Mapper, body: bytes, *, record_names: bool) -> dict[str, Any]:
-    record = fastavro.schemaless_reader(
+    record: Any = fastavro.schemaless_reader(
         io.BytesIO(body),
         mapper.schema.parsed,
         None,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client import generate_latest
 
-from bridge.metrics import MULTIPROCESS_DIR, Metrics
+from bridge.telemetry.metrics import MULTIPROCESS_DIR, Metrics
 
 
 @dataclass

@@ -4,7 +4,7 @@ import orjson
 import pytest
 
 from bridge.errors import InvalidNotification
-from bridge.parse import event_id_of, parse_notification
+from bridge.notifications.parse import event_id_of, parse_notification
 from tests.helpers import sample, sample_bytes
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from bridge.container import build_pipeline
 from bridge.errors import Overloaded, PublishError, SpoolFull
+from bridge.kafka.publish import MemoryPublisher
 from bridge.pipeline import Pipeline
-from bridge.publish import MemoryPublisher
 from bridge.settings import load_settings
-from bridge.spool import Spool
+from bridge.state.spool import Spool
 from tests.helpers import SwitchablePublisher, fill_disk, notification, tmpfs
 
 
@@ -35,7 +36,7 @@ async def pipeline(publisher: SwitchablePublisher, tmp_path: Path) -> AsyncItera
     spool = Spool(tmp_path, settings.spool_max_bytes)
     await spool.open()
     await publisher.start()
-    yield Pipeline(settings, publisher, spool=spool)
+    yield build_pipeline(settings, publisher, spool)
     await spool.close()
 
 
@@ -81,7 +82,7 @@ async def test_a_failed_attempt_does_not_hide_the_retry(
     publisher: SwitchablePublisher, tmp_path: Path
 ) -> None:
     settings = load_settings(topic_prefix="p.", spool_dir="")
-    pipeline = Pipeline(settings, publisher)
+    pipeline = build_pipeline(settings, publisher)
     await publisher.start()
     publisher.down = True
     with pytest.raises(PublishError):
@@ -97,7 +98,7 @@ async def test_a_full_spool_is_refused_and_nothing_is_remembered(
     spool = Spool(tmp_path, max_bytes=1000)  # smaller than one notification
     await spool.open()
     await publisher.start()
-    pipeline = Pipeline(settings, publisher, spool=spool)
+    pipeline = build_pipeline(settings, publisher, spool)
     publisher.down = True
     with pytest.raises(SpoolFull):
         await pipeline.accept(notification("a", 1))
@@ -130,6 +131,7 @@ async def test_readiness_names_the_failing_dependency(
     assert "closed" in checks["spool"]
 
 
+@pytest.mark.mount
 async def test_a_spool_that_cannot_write_is_not_ready_even_with_kafka_up(
     publisher: SwitchablePublisher, tmp_path: Path
 ) -> None:
@@ -138,7 +140,7 @@ async def test_a_spool_that_cannot_write_is_not_ready_even_with_kafka_up(
         spool = Spool(disk, settings.spool_max_bytes)
         await spool.open()
         await publisher.start()
-        pipeline = Pipeline(settings, publisher, spool=spool)
+        pipeline = build_pipeline(settings, publisher, spool)
         assert await pipeline.readiness() == (True, {"kafka": "ok", "topics": "ok", "spool": "ok"})
         fill_disk(disk / "filler")
         ready, checks = await pipeline.readiness()
@@ -149,6 +151,7 @@ async def test_a_spool_that_cannot_write_is_not_ready_even_with_kafka_up(
         await spool.close()
 
 
+@pytest.mark.mount
 async def test_a_drain_whose_deletes_the_full_disk_refuses_sends_nothing_twice(
     publisher: SwitchablePublisher, tmp_path: Path
 ) -> None:
@@ -157,7 +160,7 @@ async def test_a_drain_whose_deletes_the_full_disk_refuses_sends_nothing_twice(
         spool = Spool(disk, settings.spool_max_bytes)
         await spool.open()
         await publisher.start()
-        pipeline = Pipeline(settings, publisher, spool=spool)
+        pipeline = build_pipeline(settings, publisher, spool)
         publisher.down = True
         for step in range(40):
             await pipeline.accept(notification(f"c{step % 4}", step))

@@ -1,4 +1,4 @@
-"""bridge/protocol.py against a real server on loopback: a deadline on each phase of a
+"""bridge/http/protocol.py against a real server on loopback: a deadline on each phase of a
 connection, a size limit on headers, per-address and overall connection limits; several
 loopback source addresses (127.0.0.x) stand for different clients."""
 
@@ -21,9 +21,9 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from bridge.app import WEBHOOK_PATH
-from bridge.broker import free_port
-from bridge.publish import MemoryPublisher
+from bridge.http.app import WEBHOOK_PATH
+from bridge.http.ports import free_port
+from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import Settings, load_settings
 from tests.helpers import consume, process_env, run_server, sample
 
@@ -170,7 +170,7 @@ def in_memory(**extra: object) -> Iterator[tuple[int, MemoryPublisher]]:
     """bridge in a thread (tests/conftest.py's run_server), on a real socket, storing in
     memory: its port and what it stored."""
     publisher = MemoryPublisher()
-    for running in run_server(settings_for(**extra), publisher):
+    for running in run_server(settings_for(None, **extra), publisher):
         yield int(running.url.rpartition(":")[2]), publisher
 
 
@@ -471,6 +471,7 @@ def kafka_server(kafka_settings: Settings, **extra: object) -> Iterator[tuple[in
         yield int(running.url.rpartition(":")[2]), settings
 
 
+@pytest.mark.kafka
 async def test_strangers_beyond_max_connections_cannot_keep_the_vendor_out(
     kafka_settings: Settings,
 ) -> None:
@@ -497,6 +498,7 @@ async def test_strangers_beyond_max_connections_cannot_keep_the_vendor_out(
     assert closed_by(text, "early_answer") > 0  # the body tricklers, refused at once
 
 
+@pytest.mark.kafka
 async def test_strangers_on_the_vendors_own_address_cannot_keep_it_out(
     kafka_settings: Settings,
 ) -> None:
@@ -518,6 +520,7 @@ async def test_strangers_on_the_vendors_own_address_cannot_keep_it_out(
     assert closed_by(text, "address_limit") > 0
 
 
+@pytest.mark.kafka
 async def test_a_guessing_flood_does_not_lock_out_the_valid_token(
     kafka_settings: Settings,
 ) -> None:
@@ -594,6 +597,7 @@ async def oversized(port: int, source: str, mib: int = 8) -> str:
         connection.close()
 
 
+@pytest.mark.kafka
 async def test_a_hundred_multi_mib_headers_neither_swell_memory_nor_keep_the_vendor_out(
     kafka_settings: Settings,
 ) -> None:
@@ -610,6 +614,7 @@ async def test_a_hundred_multi_mib_headers_neither_swell_memory_nor_keep_the_ven
     assert peak <= 120  # the overload budget of the performance targets
 
 
+@pytest.mark.kafka
 async def test_every_worker_keeps_the_deadlines_and_limits(kafka_settings: Settings) -> None:
     with bridge_serve(kafka_settings, BRIDGE_WORKERS="2", BRIDGE_HEADER_TIMEOUT="1"):
         port = kafka_settings.port

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from bridge.broker import free_port
 from bridge.errors import BrokerUnavailable, PublishError
-from bridge.kafka import create_topics_and_wait
-from bridge.publish import KafkaPublisher, MemoryPublisher, Publisher
-from bridge.record import Record
+from bridge.http.ports import free_port
+from bridge.kafka.admin import create_topics_and_wait
+from bridge.kafka.publish import KafkaPublisher, MemoryPublisher, Publisher
+from bridge.notifications.record import Record
 from bridge.settings import Settings, load_settings
 from tests.helpers import Broker, broker_settings
 

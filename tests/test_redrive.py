@@ -20,18 +20,19 @@ import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from bridge import cli
-from bridge.broker import KafkaCluster
 from bridge.codec.encode import CONFLUENT_MAGIC, MAGIC
+from bridge.commands.redrive import DeadLetter, Filters, Redrive, moment, redrive
+from bridge.commands.tail import Decoder
+from bridge.container import build_pipeline
+from bridge.devbrokers.launcher import KafkaCluster
 from bridge.errors import PublishError, TopicUnavailable
-from bridge.event_ids import ensure_topic, event_ids_topic
-from bridge.kafka import create_topics_and_wait
-from bridge.pipeline import Pipeline, Prepared
-from bridge.publish import Delivery, KafkaPublisher, MemoryPublisher
-from bridge.record import Record
-from bridge.redrive import DeadLetter, Filters, Redrive, moment, redrive
-from bridge.routing import all_topics
+from bridge.kafka.admin import create_topics_and_wait
+from bridge.kafka.event_ids import ensure_topic, event_ids_topic
+from bridge.kafka.publish import Delivery, KafkaPublisher, MemoryPublisher
+from bridge.notifications.record import Record
+from bridge.notifications.routing import all_topics
+from bridge.pipeline import Prepared
 from bridge.settings import Settings, load_settings
-from bridge.tail import Decoder
 from tests.helpers import (
     NEW_TYPE,
     Broker,
@@ -198,6 +199,7 @@ async def typed_records(broker: Broker, settings: Settings) -> list[ConsumerReco
     return await broker.consume([f"{settings.topic_prefix}{NEW_TYPE}"])
 
 
+@pytest.mark.kafka
 async def test_unknown_type_dead_lettered_then_redriven_once_with_its_ids_and_times(
     kafka_settings: Settings, broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -217,12 +219,12 @@ async def test_unknown_type_dead_lettered_then_redriven_once_with_its_ids_and_ti
     assert await typed_records(broker, settings) == []  # the dry run wrote nothing
 
     progress = io.StringIO()
-    caplog.set_level(logging.DEBUG, "bridge.redrive")
+    caplog.set_level(logging.DEBUG, "bridge.commands.redrive")
     first = await redrive(settings, Filters(), progress=progress)
     assert first.stored == Counter({NEW_TYPE: 3})
     assert first.failing == Counter({"missing-case-id": 1, "not-json": 1})
     assert "5/5 read, 3 stored, 0 already, 2 failing" in progress.getvalue()
-    mine = [r for r in caplog.records if r.name == "bridge.redrive"]
+    mine = [r for r in caplog.records if r.name == "bridge.commands.redrive"]
     [run_line] = [r for r in mine if r.levelno == logging.INFO]
     assert (run_line.stored, run_line.skipped, run_line.left) == (3, 0, 2)  # type: ignore[attr-defined]
     per_letter = Counter(getattr(r, "outcome", None) for r in mine if r.levelno == logging.DEBUG)
@@ -266,6 +268,7 @@ async def test_unknown_type_dead_lettered_then_redriven_once_with_its_ids_and_ti
     assert "redriven-from" not in dict(live.headers)
 
 
+@pytest.mark.kafka
 async def test_filters_choose_what_is_redriven(
     kafka_settings: Settings, broker: Broker, tmp_path: Path
 ) -> None:
@@ -304,6 +307,7 @@ class KafkaGoesAway(KafkaPublisher):
         return delivery
 
 
+@pytest.mark.kafka
 async def test_kafka_gone_mid_run_stops_it_and_the_next_run_stores_the_rest_once(
     kafka_settings: Settings, broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -322,12 +326,13 @@ async def test_kafka_gone_mid_run_stops_it_and_the_next_run_stores_the_rest_once
     assert sorted(ids.values()) == [1] * 8
 
 
+@pytest.mark.kafka
 async def test_ctrl_c_finishes_the_wave_in_flight_and_the_next_run_goes_on(
     kafka_settings: Settings, broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await post_all(kafka_settings, [task_end("c1", f"t{n}") for n in range(6)])
     settings = await with_new_type(kafka_settings, tmp_path)
-    monkeypatch.setattr("bridge.redrive.WAVE", 2)
+    monkeypatch.setattr("bridge.commands.redrive.WAVE", 2)
     run = Redrive(settings, Filters())
     send = run._send
 
@@ -346,6 +351,7 @@ async def test_ctrl_c_finishes_the_wave_in_flight_and_the_next_run_goes_on(
     assert (rest.stored, rest.already) == (Counter({NEW_TYPE: 4}), Counter({NEW_TYPE: 2}))
 
 
+@pytest.mark.kafka
 async def test_with_a_schema_registry_records_are_in_the_confluent_framing(
     kafka_settings: Settings,
     broker: Broker,
@@ -364,6 +370,7 @@ async def test_with_a_schema_registry_records_are_in_the_confluent_framing(
     assert {(m.value or b"")[:5] for m in typed} == {CONFLUENT_MAGIC + schema_id.to_bytes(4, "big")}
 
 
+@pytest.mark.kafka
 async def test_a_missing_dlq_or_target_topic_is_one_clear_error(
     kafka_settings: Settings, broker: Broker, tmp_path: Path
 ) -> None:
@@ -376,6 +383,7 @@ async def test_a_missing_dlq_or_target_topic_is_one_clear_error(
         await redrive(added, Filters())
 
 
+@pytest.mark.kafka
 def test_the_command_as_an_operator_runs_it(
     kafka_settings: Settings, broker: Broker, tmp_path: Path
 ) -> None:
@@ -402,13 +410,14 @@ def test_the_command_as_an_operator_runs_it(
     assert "still failing 2 (missing-case-id 1, not-json 1)" in again.stdout
 
 
+@pytest.mark.kafka
 async def test_a_vendor_retry_stored_live_during_the_run_is_not_stored_again(
     kafka_settings: Settings, broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert await ensure_topic(kafka_settings, event_ids_topic(kafka_settings)) is None
     await post_all(kafka_settings, new_type_letters())
     settings = await with_new_type(kafka_settings, tmp_path)
-    monkeypatch.setattr("bridge.redrive.WAVE", 1)
+    monkeypatch.setattr("bridge.commands.redrive.WAVE", 1)
     run = Redrive(settings, Filters())
     send = run._send
     retried = False
@@ -459,8 +468,8 @@ async def test_apache_kafka_stopped_mid_run_then_back_each_event_stored_once(
         )
         await post_all(live, [task_end(f"c{n % 2}", f"t{n}") for n in range(6)])
         settings = live.model_copy(update={"schema_dir": schema_dir_with_new_type(tmp_path)})
-        monkeypatch.setattr("bridge.redrive.WAVE", 1)  # each record acknowledged in turn
-        monkeypatch.setattr("bridge.redrive.ACK_BUDGET", 5.0)
+        monkeypatch.setattr("bridge.commands.redrive.WAVE", 1)  # each record acknowledged in turn
+        monkeypatch.setattr("bridge.commands.redrive.ACK_BUDGET", 5.0)
 
         class StopsKafkaAfterTwo(KafkaPublisher):
             acknowledged = 0
@@ -496,12 +505,13 @@ async def test_apache_kafka_stopped_mid_run_then_back_each_event_stored_once(
         cluster.close()
 
 
+@pytest.mark.kafka
 async def test_every_dead_letter_is_read_when_they_were_written_in_batches(
     kafka_settings: Settings, broker: Broker, tmp_path: Path
 ) -> None:
     # Tansu can report an end offset short after multi-record batches: the dead letters
     # past it, older than the run, are read too.
-    pipeline = Pipeline(kafka_settings, MemoryPublisher())
+    pipeline = build_pipeline(kafka_settings, MemoryPublisher())
     bodies = [task_end(f"c{n % 7}", f"t{n}") for n in range(1500)]
     async with AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers) as producer:
         sent = []

@@ -18,22 +18,22 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from starlette.testclient import TestClient
 
-from bridge.app import WEBHOOK_PATH, create_app
-from bridge.broker import free_port
 from bridge.codec.encode import confluent_id
 from bridge.codec.mapping import Mapper
-from bridge.codec.schemas import load_schemas
-from bridge.errors import ConfigError, RegistryError
-from bridge.publish import MemoryPublisher
-from bridge.registry import (
+from bridge.codec.registry import (
     CONTENT_TYPE,
     SchemaRegistry,
     registered_schema,
     subject_for,
     subjects,
 )
+from bridge.codec.schemas import load_schemas
+from bridge.commands.tail import Decoder
+from bridge.errors import ConfigError, RegistryError
+from bridge.http.app import WEBHOOK_PATH, create_app
+from bridge.http.ports import free_port
+from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import Settings, load_settings
-from bridge.tail import Decoder
 from tests.helpers import Broker, RunningRegistry, sample, sample_bytes, serve_in_thread
 from tests.registry_double import Registry
 
@@ -243,6 +243,7 @@ def test_in_lookup_mode_an_unregistered_schema_refuses_the_start(
         assert app.post(WEBHOOK_PATH, content=sample_bytes()).status_code == 200
 
 
+@pytest.mark.kafka
 async def test_kafka_end_to_end_with_a_registry(
     kafka_settings: Settings, schema_registry: RunningRegistry, broker: Broker
 ) -> None:

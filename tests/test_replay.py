@@ -6,9 +6,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bridge.broker import free_port
-from bridge.publish import MemoryPublisher
-from bridge.replay import read_archive, to_kafka, to_url
+from bridge.commands.replay import read_archive, to_kafka, to_url
+from bridge.http.ports import free_port
+from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import Settings, load_settings
 from tests.helpers import Broker, run_server, sample
 
@@ -52,6 +52,7 @@ async def test_replay_to_a_bridge_url(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.kafka
 async def test_replay_straight_to_kafka_skips_what_is_there(
     kafka_settings: Settings, broker: Broker, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

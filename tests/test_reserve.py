@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.reserve import CAPACITY, LEDGER_SLOT, Reserve
+from bridge.state.reserve import CAPACITY, LEDGER_SLOT, Reserve
 from tests.helpers import fill_disk, tmpfs
 
 
@@ -42,6 +42,7 @@ def test_more_than_it_holds_is_refused(tmp_path: Path) -> None:
     reserve.close()
 
 
+@pytest.mark.mount
 def test_the_reserve_is_given_back_and_taken_again_on_a_real_disk(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "disk", "1m") as disk:
         reserve = Reserve(disk / "r", 512 * 1024)

@@ -7,8 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.codec.schemas import load_schemas
-from bridge.parse import parse_notification
-from bridge.routing import all_topics, dead_letter_headers, headers_for, timestamp, topic_for
+from bridge.notifications.parse import parse_notification
+from bridge.notifications.routing import (
+    all_topics,
+    dead_letter_headers,
+    headers_for,
+    topic_for,
+)
+from bridge.telemetry.logs import timestamp
 from tests.helpers import sample_bytes
 
 

@@ -16,13 +16,13 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from bridge.app import WEBHOOK_PATH, create_app
 from bridge.codec.encode import confluent_id
+from bridge.codec.registry import SchemaRegistry, subjects
 from bridge.codec.schemas import Schema, default_schema_dir, from_definition, load_schemas
+from bridge.commands.schema_tools import check_schemas, list_schemas, register_schemas, snapshot
 from bridge.errors import ConfigError
-from bridge.publish import MemoryPublisher
-from bridge.registry import SchemaRegistry, subjects
-from bridge.schema_tools import check_schemas, list_schemas, register_schemas, snapshot
+from bridge.http.app import WEBHOOK_PATH, create_app
+from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import Settings, load_settings
 from tests.helpers import NEW_TYPE, RunningRegistry, sample_bytes, schema_dir_with_new_type
 

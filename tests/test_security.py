@@ -15,11 +15,11 @@ import pytest
 import trustme
 from starlette.testclient import TestClient
 
-from bridge.app import WEBHOOK_PATH, create_app
-from bridge.broker import free_port
 from bridge.errors import ConfigError
-from bridge.kafka import kafka_options
-from bridge.publish import MemoryPublisher
+from bridge.http.app import WEBHOOK_PATH, create_app
+from bridge.http.ports import free_port
+from bridge.kafka.client import kafka_options
+from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import load_settings
 from tests.helpers import run_server, sample_bytes
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import ConfigError, SpoolError, SpoolFull
-from bridge.record import Record
-from bridge.spool import Spool, SpoolEntry, directory_problem
+from bridge.notifications.record import Record
+from bridge.state.spool import Spool, SpoolEntry, directory_problem
 from tests.helpers import fill_disk, tmpfs
 
 
@@ -198,6 +198,7 @@ def number(e: SpoolEntry) -> int:
     return int(e.record.value[:6])
 
 
+@pytest.mark.mount
 async def test_a_full_disk_drains_to_the_end_without_sending_an_entry_twice(
     tmp_path: Path,
 ) -> None:
@@ -222,6 +223,7 @@ async def test_a_full_disk_drains_to_the_end_without_sending_an_entry_twice(
         await spool.close()
 
 
+@pytest.mark.mount
 async def test_sent_entries_the_full_disk_keeps_are_not_sent_again_even_after_a_restart(
     tmp_path: Path,
 ) -> None:
@@ -307,6 +309,7 @@ async def test_a_replaced_spool_file_is_left_alone_and_writes_are_refused(tmp_pa
     await spool.close()
 
 
+@pytest.mark.mount
 @pytest.mark.parametrize(
     ("setup", "problem"),
     [
@@ -376,6 +379,7 @@ async def test_an_empty_file_of_an_older_bridge_learns_to_give_pages_back(tmp_pa
     await spool.close()
 
 
+@pytest.mark.mount
 async def test_deleted_files_that_cannot_be_rebuilt_yet_refuse_writes_until_they_are(
     tmp_path: Path,
 ) -> None:

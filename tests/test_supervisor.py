@@ -8,9 +8,9 @@ import pytest
 from starlette.applications import Starlette
 from uvicorn.config import STARTUP_FAILURE
 
-from bridge.protocol import BridgeProtocol
+from bridge.http.protocol import BridgeProtocol
+from bridge.http.supervisor import APP, Worker, restart_delay, server_config
 from bridge.settings import load_settings
-from bridge.supervisor import APP, Worker, restart_delay, server_config
 
 
 @pytest.mark.parametrize(
@@ -33,10 +33,14 @@ def test_a_worker_that_keeps_dying_is_replaced_ever_more_slowly(
 def test_the_server_runs_an_app_or_its_factory_with_bridges_limits() -> None:
     settings = load_settings(port=9999, ack_timeout=2.5, max_connections=7)
     app = Starlette()
-    config = server_config(settings, app)
+    config = server_config(settings, app)  # type: ignore[arg-type]
     assert (config.app, config.factory, config.port) == (app, False, 9999)
     assert config.timeout_graceful_shutdown == 5  # the ack budget, rounded up, and 2 s
-    assert config.http is BridgeProtocol  # it holds BRIDGE_MAX_CONNECTIONS and the deadlines
+    # Each connection a BridgeProtocol, all of the server's sharing one Doors with its limits.
+    assert config.http.func is BridgeProtocol  # type: ignore[union-attr]
+    doors = config.http.keywords["doors"]  # type: ignore[union-attr]
+    assert doors.limits.max_connections == 7
+    assert doors.limits.body_timeout == settings.body_timeout + 1.0
     assert config.limit_concurrency is None
     assert not config.access_log
     assert config.log_config is None  # one process: `bridge serve` configured logging
@@ -45,6 +49,7 @@ def test_the_server_runs_an_app_or_its_factory_with_bridges_limits() -> None:
     assert isinstance(factory.log_config, dict)  # each worker configures its own
 
 
+@pytest.mark.process
 def test_a_worker_gets_its_settings_as_an_object_not_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,9 +7,9 @@ from aiokafka import ConsumerRecord
 from bridge.codec.encode import Codec
 from bridge.codec.mapping import Mapper
 from bridge.codec.schemas import load_schemas
-from bridge.parse import parse_notification
-from bridge.routing import dead_letter_headers, headers_for
-from bridge.tail import Decoder, pretty
+from bridge.commands.tail import Decoder, pretty
+from bridge.notifications.parse import parse_notification
+from bridge.notifications.routing import dead_letter_headers, headers_for
 from tests.helpers import sample, sample_bytes
 
 SCHEMAS = load_schemas()

@@ -24,17 +24,20 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.protocol.admin import CreateAclsRequest
 
-from bridge.broker import KafkaCluster, KafkaSecurity, free_port, kafka_missing
+from bridge.commands.redrive import Filters, redrive
+from bridge.container import build_pipeline
+from bridge.devbrokers.launcher import KafkaCluster, KafkaSecurity, kafka_missing
 from bridge.errors import BrokerUnavailable, PublishRefused, TopicUnavailable
-from bridge.kafka import consume_until_idle, create_topics_and_wait
+from bridge.http.ports import free_port
+from bridge.kafka.admin import create_topics_and_wait
+from bridge.kafka.client import consume_until_idle
+from bridge.kafka.publish import Delivery, MemoryPublisher
+from bridge.kafka.topics import create_command, ensure_topics
+from bridge.notifications.record import Record
+from bridge.notifications.routing import all_topics
 from bridge.pipeline import Pipeline
-from bridge.publish import Delivery, MemoryPublisher
-from bridge.record import Record
-from bridge.redrive import Filters, redrive
-from bridge.routing import all_topics
 from bridge.settings import Settings, load_settings
-from bridge.spool import Spool
-from bridge.topics import create_command, ensure_topics
+from bridge.state.spool import Spool
 from tests.helpers import run_server, run_sync, sample, sample_bytes
 
 # One pytest-xdist worker runs the module: its node with ACLs is started once.
@@ -88,7 +91,7 @@ async def refusing(tmp_path: Path) -> AsyncIterator[tuple[Pipeline, RefusingPubl
     await spool.open()
     await publisher.start()
     try:
-        yield Pipeline(settings, publisher, spool=spool), publisher, spool
+        yield build_pipeline(settings, publisher, spool), publisher, spool
     finally:
         await spool.close()
 
@@ -225,7 +228,7 @@ def _waba(msg_id: str) -> bytes:
     return orjson.dumps(data)
 
 
-@pytest.mark.kafka
+@pytest.mark.apache  # its own Apache Kafka node with ACLs (the module fixture `kafka`)
 def test_serve_refuses_to_start_in_one_line_naming_the_missing_topic_and_the_command(
     kafka: KafkaCluster, tmp_path: Path
 ) -> None:
@@ -258,7 +261,7 @@ def test_serve_refuses_to_start_in_one_line_naming_the_missing_topic_and_the_com
     assert "BRIDGE_KAFKA_CREATE_TOPICS=true" in line
 
 
-@pytest.mark.kafka
+@pytest.mark.apache
 async def test_the_create_setting_creates_what_is_missing_with_the_given_shape(
     kafka: KafkaCluster,
 ) -> None:
@@ -297,7 +300,7 @@ async def test_the_create_setting_creates_what_is_missing_with_the_given_shape(
         await ensure_topics(three.model_copy(update={"kafka_topic_replication_factor": 3}))
 
 
-@pytest.mark.kafka
+@pytest.mark.apache
 async def test_a_write_the_acls_refuse_is_answered_503_never_200_shown_and_counted(
     kafka: KafkaCluster, tmp_path: Path
 ) -> None:
@@ -355,7 +358,7 @@ async def test_a_write_the_acls_refuse_is_answered_503_never_200_shown_and_count
     assert len(records) == 1  # the one answered 200, nothing of the refused ones
 
 
-@pytest.mark.kafka
+@pytest.mark.apache
 async def test_a_topic_deleted_while_running_is_named_in_readiness_and_never_answered_200(
     kafka: KafkaCluster, tmp_path: Path
 ) -> None:
@@ -407,7 +410,7 @@ async def test_a_topic_deleted_while_running_is_named_in_readiness_and_never_ans
             next(servers)
 
 
-@pytest.mark.kafka
+@pytest.mark.apache
 async def test_redrive_names_a_dlq_it_may_describe_but_not_read(
     kafka: KafkaCluster, tmp_path: Path
 ) -> None:

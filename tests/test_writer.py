@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from bridge.codec.mapping import Mapper
 from bridge.codec.schemas import load_schemas
 from bridge.codec.writer import Unsupported, Writer
-from bridge.pipeline import Pipeline
-from bridge.publish import MemoryPublisher
+from bridge.container import build_pipeline
+from bridge.kafka.publish import MemoryPublisher
 from bridge.settings import load_settings
 from tests.helpers import sample
 from tests.strategies import json_values, mutated
@@ -25,7 +25,7 @@ MAPPERS = {kind: Mapper(schema) for kind, schema in SCHEMAS.items()}
 
 
 def read(kind: str, body: bytes) -> dict[str, Any]:
-    record: dict[str, Any] = fastavro.schemaless_reader(
+    record: dict[str, Any] = fastavro.schemaless_reader(  # type: ignore[assignment]
         io.BytesIO(body), SCHEMAS[kind].parsed, None, return_record_name=True,
         return_record_name_override=True,
     )  # fmt: skip
@@ -67,5 +67,5 @@ def test_a_shape_it_does_not_handle_falls_back_to_two_passes() -> None:
     }
     with pytest.raises(Unsupported):
         Writer(type(schema)(**{**schema.__dict__, "definition": odd}))
-    pipeline = Pipeline(load_settings(spool_dir=""), MemoryPublisher())
+    pipeline = build_pipeline(load_settings(spool_dir=""), MemoryPublisher())
     assert all(writer is not None for writer in pipeline.writers.values())

@@ -33,7 +33,7 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.broker import free_port
+from bridge.http.ports import free_port
 from tests.helpers import notification, wait_for_port
 
 ACK_BUDGET = 4.9  # BRIDGE_ACK_TIMEOUT's default, 5 s, less what the clocks may differ

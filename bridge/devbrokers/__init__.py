@@ -1,0 +1,1 @@
+"""Brokers for development and tests (Tansu, Apache Kafka): never imported by `bridge serve`."""

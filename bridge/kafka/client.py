@@ -1,0 +1,133 @@
+"""What every Kafka client of bridge shares: the connection options, and reading topics from a
+chosen start until nothing new comes (end offsets are not trusted: some brokers misreport
+them after a multi-record batch). Creating, checking and describing topics is `kafka.admin`'s."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.helpers import create_ssl_context
+
+from bridge.settings import Settings
+
+POLL_MS = 200  # each poll waits at most this long, so an idle deadline is checked as often
+
+
+def options_of(source: Settings | Mapping[str, Any]) -> dict[str, Any]:
+    """Client options from the settings, or as given (`{\"bootstrap_servers\": ...}`)."""
+    return dict(kafka_options(source) if isinstance(source, Settings) else source)
+
+
+def kafka_options(s: Settings) -> dict[str, Any]:
+    """Connection and security options shared by every Kafka client of bridge."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": s.bootstrap_servers,
+        "client_id": s.kafka_client_id,
+        "security_protocol": s.kafka_security_protocol,
+    }
+    if s.kafka_security_protocol in {"SSL", "SASL_SSL"}:
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None,
+            certfile=str(s.kafka_ssl_certfile) if s.kafka_ssl_certfile else None,
+            keyfile=str(s.kafka_ssl_keyfile) if s.kafka_ssl_keyfile else None,
+        )
+    if s.kafka_sasl_mechanism:
+        options["sasl_mechanism"] = s.kafka_sasl_mechanism
+        options["sasl_plain_username"] = s.kafka_sasl_username
+        options["sasl_plain_password"] = s.kafka_sasl_password.get_secret_value()
+    return options
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A consumer assigned to every partition of the topics that exist."""
+
+    consumer: AIOKafkaConsumer
+    partitions: list[TopicPartition]
+    missing: list[str]  # topics asked for that the broker does not have (yet)
+
+    async def records(
+        self, idle: float | None, *, to_end: bool = False
+    ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+        """The records as they come, until none came for `idle` seconds (None: forever); with
+        `to_end`, also until every partition is at the end offset it had when this began (only
+        for a broker whose end offsets can be trusted)."""
+        if not self.partitions:
+            return
+        ends = await self.consumer.end_offsets(self.partitions) if to_end else {}
+        last = time.monotonic()
+        while idle is None or time.monotonic() - last < idle:
+            if to_end and all([await self.consumer.position(tp) >= n for tp, n in ends.items()]):
+                return
+            batch = await self.consumer.getmany(timeout_ms=POLL_MS)
+            for messages in batch.values():
+                for message in messages:
+                    yield message
+            if batch:
+                last = time.monotonic()
+
+
+@contextlib.asynccontextmanager
+async def reading(
+    source: Settings | Mapping[str, Any],
+    topics: Iterable[str],
+    *,
+    from_beginning: bool = True,
+    client_id: str | None = None,
+) -> AsyncIterator[Reading]:
+    """Read `topics` without a consumer group (assigned partitions start at once and never
+    move committed offsets), from the oldest record or from the end. `source` is the
+    settings, or client options as `kafka_options` gives them (`{"bootstrap_servers": ...}`)."""
+    options = options_of(source)
+    if client_id is not None:
+        options["client_id"] = client_id
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        # The metadata of every topic, kept: `consumer.topics()` fetches the same and drops it,
+        # and `consumer.partitions_for_topic` knows only the topics a consumer tracks, none here
+        # (Tansu answers a metadata request for no topic with all of them, which hid this).
+        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+        available = cluster.topics()
+        wanted = list(topics)
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in wanted
+            if topic in available
+            for p in sorted(cluster.partitions_for_topic(topic) or ())
+        ]
+        if partitions:
+            consumer.assign(partitions)
+            if from_beginning:
+                await consumer.seek_to_beginning(*partitions)
+            else:
+                await consumer.seek_to_end(*partitions)
+        yield Reading(consumer, partitions, [t for t in wanted if t not in available])
+    finally:
+        await _stop(consumer)
+
+
+async def _stop(consumer: AIOKafkaConsumer) -> None:
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        # With the broker gone, aiokafka's fetch task, cancelled by `stop()`, can let its
+        # CancelledError out of `stop()`: it would replace the error being raised (`bridge
+        # redrive`'s one line). Only a cancellation of this task goes on.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+
+
+async def consume_until_idle(
+    source: Settings | Mapping[str, Any], topics: Iterable[str], idle: float = 1.5
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record in `topics`, from the beginning until nothing new comes for `idle` s."""
+    async with reading(source, topics) as read:
+        return [record async for record in read.records(idle)]

@@ -1,0 +1,1 @@
+"""What a notification is and where it goes: parsing, routing, the Kafka record."""

@@ -1,0 +1,1 @@
+"""Durable state: the spool and the memory of event ids (duplicates)."""

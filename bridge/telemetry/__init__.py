@@ -1,0 +1,1 @@
+"""What bridge tells its operator: logs and metrics."""
