@@ -40,6 +40,20 @@ async def pipeline(publisher: SwitchablePublisher, tmp_path: Path) -> AsyncItera
     await spool.close()
 
 
+@pytest.fixture
+async def on_small_disk(
+    publisher: SwitchablePublisher, tmp_path: Path
+) -> AsyncIterator[tuple[Pipeline, Path]]:
+    """A pipeline whose spool is on a tmpfs of 4 MiB, and that disk."""
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        settings = load_settings(topic_prefix="p.", spool_dir=disk)
+        spool = Spool(disk, settings.spool_max_bytes)
+        await spool.open()
+        await publisher.start()
+        yield build_pipeline(settings, publisher, spool), disk
+        await spool.close()
+
+
 async def test_when_kafka_is_down_notifications_are_spooled_then_drained_in_order(
     pipeline: Pipeline, publisher: SwitchablePublisher
 ) -> None:
@@ -133,50 +147,40 @@ async def test_readiness_names_the_failing_dependency(
 
 @pytest.mark.mount
 async def test_a_spool_that_cannot_write_is_not_ready_even_with_kafka_up(
-    publisher: SwitchablePublisher, tmp_path: Path
+    on_small_disk: tuple[Pipeline, Path],
 ) -> None:
-    with tmpfs(tmp_path / "disk", "4m") as disk:
-        settings = load_settings(topic_prefix="p.", spool_dir=disk)
-        spool = Spool(disk, settings.spool_max_bytes)
-        await spool.open()
-        await publisher.start()
-        pipeline = build_pipeline(settings, publisher, spool)
-        assert await pipeline.readiness() == (True, {"kafka": "ok", "topics": "ok", "spool": "ok"})
-        fill_disk(disk / "filler")
-        ready, checks = await pipeline.readiness()
-        assert (ready, checks["kafka"]) == (False, "ok")
-        assert checks["spool"].startswith("disk full"), checks
-        (disk / "filler").unlink()
-        assert await pipeline.readiness() == (True, {"kafka": "ok", "topics": "ok", "spool": "ok"})
-        await spool.close()
+    pipeline, disk = on_small_disk
+    assert await pipeline.readiness() == (True, {"kafka": "ok", "topics": "ok", "spool": "ok"})
+    fill_disk(disk / "filler")
+    ready, checks = await pipeline.readiness()
+    assert (ready, checks["kafka"]) == (False, "ok")
+    assert checks["spool"].startswith("disk full"), checks
+    (disk / "filler").unlink()
+    assert await pipeline.readiness() == (True, {"kafka": "ok", "topics": "ok", "spool": "ok"})
 
 
 @pytest.mark.mount
 async def test_a_drain_whose_deletes_the_full_disk_refuses_sends_nothing_twice(
-    publisher: SwitchablePublisher, tmp_path: Path
+    publisher: SwitchablePublisher, on_small_disk: tuple[Pipeline, Path]
 ) -> None:
-    with tmpfs(tmp_path / "disk", "4m") as disk:
-        settings = load_settings(topic_prefix="p.", spool_dir=disk)
-        spool = Spool(disk, settings.spool_max_bytes)
-        await spool.open()
-        await publisher.start()
-        pipeline = build_pipeline(settings, publisher, spool)
-        publisher.down = True
-        for step in range(40):
-            await pipeline.accept(notification(f"c{step % 4}", step))
-        assert spool.reserve is not None
-        spool.reserve.release()  # and the rest of the disk taken by someone else
-        fill_disk(disk / "filler")
-        publisher.down = False
-        assert await pipeline.drain_once() == 40  # the whole batch, though none is deleted
-        assert spool.depth == 0
-        assert await pipeline.drain_once() == 0
-        assert 0 < len(spool.pending) <= 40  # in Kafka, recorded, not all deleted yet
-        (disk / "filler").unlink()
-        assert await spool.check() is None  # deleted now, and the reserve taken again
-        assert spool.pending == set()
-        sent = [dict(m.headers)["event-id"] for m in publisher.topics["p.call"]]
-        assert len(sent) == len(set(sent)) == 40
-        for case in range(4):
-            assert call_ids(publisher, f"c{case}") == [f"c{case}/{s}" for s in range(case, 40, 4)]
-        await spool.close()
+    pipeline, disk = on_small_disk
+    spool = pipeline.spool
+    assert spool is not None
+    publisher.down = True
+    for step in range(40):
+        await pipeline.accept(notification(f"c{step % 4}", step))
+    assert spool.reserve is not None
+    spool.reserve.release()  # and the rest of the disk taken by someone else
+    fill_disk(disk / "filler")
+    publisher.down = False
+    assert await pipeline.drain_once() == 40  # the whole batch, though none is deleted
+    assert spool.depth == 0
+    assert await pipeline.drain_once() == 0
+    assert 0 < len(spool.pending) <= 40  # in Kafka, recorded, not all deleted yet
+    (disk / "filler").unlink()
+    assert await spool.check() is None  # deleted now, and the reserve taken again
+    assert spool.pending == set()
+    sent = [dict(m.headers)["event-id"] for m in publisher.topics["p.call"]]
+    assert len(sent) == len(set(sent)) == 40
+    for case in range(4):
+        assert call_ids(publisher, f"c{case}") == [f"c{case}/{s}" for s in range(case, 40, 4)]
