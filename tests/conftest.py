@@ -42,6 +42,7 @@ from tests.helpers import (
     started,
 )
 from tests.registry_double import Registry
+from tests.traffic import Proxy
 
 BROKER_FIXTURES = {"broker", "kafka_settings", "server", "tansu_broker"}
 APACHE_FIXTURES = {"kafka_broker", "kafka_cluster"}
@@ -223,6 +224,15 @@ def broker(request: pytest.FixtureRequest) -> Broker:
     """The broker under test: every test that takes it runs on both."""
     found: Broker = request.getfixturevalue(f"{request.param}_broker")
     return found
+
+
+@pytest.fixture
+def proxy(broker: Broker) -> Iterator[Proxy]:
+    """A TCP proxy in front of `broker`, for the fault tests to cut and restore."""
+    front = Proxy(broker.bootstrap_servers)
+    front.start()
+    yield front
+    front.stop()
 
 
 @pytest.fixture(scope="session")

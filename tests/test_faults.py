@@ -49,14 +49,6 @@ async def landed(settings: Settings, broker: Broker) -> Landed:
 
 
 @pytest.fixture
-def proxy(broker: Broker) -> Iterator[Proxy]:
-    front = Proxy(broker.bootstrap_servers)
-    front.start()
-    yield front
-    front.stop()
-
-
-@pytest.fixture
 def bridge_env(kafka_settings: Settings, proxy: Proxy) -> dict[str, str]:
     return process_env(
         kafka_settings,

@@ -49,14 +49,6 @@ logger = logging.getLogger(__name__)
 
 
 @pytest.fixture
-def proxy(broker: Broker) -> Iterator[Proxy]:
-    front = Proxy(broker.bootstrap_servers)
-    front.start()
-    yield front
-    front.stop()
-
-
-@pytest.fixture
 def spool_disk(tmp_path: Path) -> Iterator[Path]:
     """The spool's directory on a tmpfs of 4 MiB: about 500 notifications, far below
     BRIDGE_SPOOL_MAX_BYTES (1 GiB)."""
