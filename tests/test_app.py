@@ -9,7 +9,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from starlette.routing import Match, Route
 from starlette.testclient import TestClient
+from starlette.types import Scope
 
 from bridge.codec.encode import Codec
 from bridge.codec.mapping import Mapper
@@ -163,3 +165,97 @@ def test_metrics_count_outcomes_and_rejections_with_bounded_labels(client: TestC
     assert "bridge_in_flight 0.0" in text
     assert 'bridge_build_info{python="' in text
     assert "12345.0" not in text  # never a case id in a label
+
+
+# The webhook's paths are taken ahead of Starlette's router (`_Dispatch`); the router still has
+# them, for the forms the dispatcher leaves to it. Both must answer alike, and every other
+# request must stay Starlette's.
+
+
+@pytest.fixture
+def routed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths Starlette's router was asked to match."""
+    asked: list[str] = []
+    matches = Route.matches
+
+    def spy(route: Route, scope: Scope) -> tuple[Match, Scope]:
+        asked.append(scope["path"])
+        return matches(route, scope)
+
+    monkeypatch.setattr(Route, "matches", spy)
+    return asked
+
+
+def test_the_webhook_is_served_without_starlette_s_router_and_the_rest_with_it(
+    client: TestClient, publisher: MemoryPublisher, routed: list[str]
+) -> None:
+    assert client.post(WEBHOOK_PATH, content=sample_bytes()).status_code == 200
+    assert client.post(f"{WEBHOOK_PATH}/tok", content=sample_bytes("chatbot")).status_code == 200
+    assert not routed
+    assert len(publisher.topics["test.call"]) == len(publisher.topics["test.chatbot"]) == 1
+    assert client.get("/healthz").json() == {"status": "ok"}
+    for path in [f"{WEBHOOK_PATH}/a/b", f"{WEBHOOK_PATH}x", "/nowhere"]:
+        response = client.post(path, content=b"{}")
+        assert (response.status_code, response.text) == (404, "Not Found")
+    assert set(routed) >= {"/healthz", f"{WEBHOOK_PATH}/a/b", f"{WEBHOOK_PATH}x", "/nowhere"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "body", "status"),
+    [
+        ({}, b"x" * (2 * 1024 * 1024), 413),  # BodyTooLarge
+        ({"ack_timeout": 0.2, "retry_after": 7, "spool_dir": ""}, sample_bytes(), 503),
+    ],
+)
+def test_a_bridge_error_gets_the_same_answer_with_or_without_the_router(
+    settings: dict[str, object], body: bytes, status: int, tmp_path: Path, routed: list[str]
+) -> None:
+    app = create_app(load_settings(**{"spool_dir": tmp_path, **settings}), StalledPublisher())
+    answers = []
+    # A root path makes the dispatcher leave the request to Starlette's router.
+    for root_path in ["", "/behind-a-proxy"]:
+        with TestClient(app, root_path=root_path) as client:
+            response = client.post(WEBHOOK_PATH, content=body, headers={"x-request-id": "r-1"})
+            metrics = client.get("/metrics").text
+        answers.append((response.status_code, dict(response.headers), response.content))
+        assert (WEBHOOK_PATH in routed) == bool(root_path)
+        rejected = re.findall(
+            r'^bridge_rejected_total\{reason="(\w+)"\} 1\.0$', metrics, re.MULTILINE
+        )
+        assert len(rejected) == 1  # counted once, by the handler
+    assert answers[0] == answers[1]
+    status_code, headers, content = answers[0]
+    assert status_code == status
+    assert headers["x-request-id"] == "r-1"
+    assert headers["content-type"] == "application/json"
+    assert ("retry-after" in headers) == (status == 503)
+    assert set(orjson.loads(content)) == {"error", "detail"}
+
+
+def test_an_unexpected_error_on_the_webhook_is_a_500(client: TestClient) -> None:
+    async def broken(body: bytes, content_type: str) -> None:
+        raise RuntimeError(body, content_type)
+
+    client.app_state["pipeline"].accept = broken
+    with pytest.raises(RuntimeError):  # raised on to the server, which logs it
+        client.post(WEBHOOK_PATH, content=sample_bytes())
+    quiet = TestClient(client.app, raise_server_exceptions=False)
+    quiet.app_state = client.app_state
+    response = quiet.post(WEBHOOK_PATH, content=sample_bytes())
+    assert (response.status_code, response.text) == (500, "Internal Server Error")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE", "PROPFIND"])
+def test_a_stranger_gets_404_whatever_the_method_and_a_caller_405(
+    method: str, tmp_path: Path
+) -> None:
+    settings = load_settings(auth_tokens="tok", allow_unauthenticated=False, spool_dir=tmp_path)
+    app = create_app(settings, MemoryPublisher())
+    for root_path in ["", "/behind-a-proxy"]:  # the dispatcher's answer, then the router's
+        with TestClient(app, root_path=root_path) as client:
+            stranger = client.request(method, f"{WEBHOOK_PATH}/guess")
+            assert stranger.status_code == 404
+            assert "allow" not in stranger.headers
+            caller = client.request(method, f"{WEBHOOK_PATH}/tok")
+            assert caller.status_code == 405
+            assert caller.headers["allow"] == "POST"
