@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from starlette.applications import Starlette
 from starlette.routing import Match, Route
 from starlette.testclient import TestClient
-from starlette.types import Scope
+from starlette.types import Message, Scope
 
 from bridge.codec.encode import Codec
 from bridge.codec.mapping import Mapper
@@ -259,3 +261,106 @@ def test_a_stranger_gets_404_whatever_the_method_and_a_caller_405(
             caller = client.request(method, f"{WEBHOOK_PATH}/tok")
             assert caller.status_code == 405
             assert caller.headers["allow"] == "POST"
+
+
+# Body deadlines: one timer for every read (`_BodyDeadlines`), each read still answered 408 at
+# its own deadline. Driven in process, so a body can stall for as long as a test wants.
+
+BODY_TIMEOUT = 0.3
+
+
+class Call:
+    """One request to the app in process: its body comes as `parts` (None: a stall)."""
+
+    def __init__(self, app: Starlette, state: dict[str, object], parts: list[bytes | None]):
+        self.scope = {
+            "type": "http",
+            "method": "POST",
+            "path": WEBHOOK_PATH,
+            "root_path": "",
+            "headers": [(b"x-request-id", b"rid")],
+            "client": ("127.0.0.1", 1),
+            "state": dict(state),
+        }
+        self.app, self.parts, self.sent = app, parts, list[Message]()
+
+    async def receive(self) -> Message:
+        part = self.parts.pop(0)
+        if part is None:
+            await asyncio.Event().wait()  # never
+        return {"type": "http.request", "body": part, "more_body": bool(self.parts)}
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    async def __call__(self) -> tuple[int, float]:
+        started = time.monotonic()
+        await self.app(self.scope, self.receive, self.send)
+        # A deadline's cancellation is taken back: the task can be cancelled and time out again.
+        current = asyncio.current_task()
+        assert current is not None
+        assert current.cancelling() == 0
+        return self.sent[0]["status"], time.monotonic() - started
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[Starlette, dict[str, object]]]:
+    settings = load_settings(spool_dir=tmp_path, body_timeout=BODY_TIMEOUT)
+    app = create_app(settings, MemoryPublisher())
+    async with app.router.lifespan_context(app) as state:
+        assert state is not None
+        yield app, dict(state)
+
+
+async def test_a_stalled_body_is_answered_408_at_its_deadline(
+    served: tuple[Starlette, dict[str, object]],
+) -> None:
+    call = Call(*served, [b'{"type": ', None])
+    status, elapsed = await call()
+    assert status == 408
+    assert BODY_TIMEOUT <= elapsed < BODY_TIMEOUT + 0.2
+    assert orjson.loads(call.sent[1]["body"])["error"] == "body_timeout"
+
+
+async def test_overlapping_reads_each_time_out_at_their_own_deadline(
+    served: tuple[Starlette, dict[str, object]],
+) -> None:
+    async def later(call: Call, delay: float) -> tuple[int, float]:
+        await asyncio.sleep(delay)
+        return await call()
+
+    stalled = Call(*served, [None])
+    quick = Call(*served, [sample_bytes()])
+    stalled_later = Call(*served, [b"{", None])
+    async with asyncio.timeout(2):  # a read never timed out fails here, not by hanging
+        results = await asyncio.gather(stalled(), later(quick, 0.05), later(stalled_later, 0.15))
+    (first, first_s), (second, second_s), (third, third_s) = results
+    assert (first, second, third) == (408, 200, 408)
+    assert BODY_TIMEOUT <= first_s < BODY_TIMEOUT + 0.1
+    assert second_s < 0.2
+    assert BODY_TIMEOUT <= third_s < BODY_TIMEOUT + 0.1  # from its own start, not the first's
+
+
+async def test_a_read_after_the_timer_found_nothing_still_times_out(
+    served: tuple[Starlette, dict[str, object]],
+) -> None:
+    assert (await Call(*served, [sample_bytes()])())[0] == 200
+    await asyncio.sleep(BODY_TIMEOUT + 0.1)  # the timer fired with no read left, and stopped
+    async with asyncio.timeout(2):
+        status, elapsed = await Call(*served, [None])()
+    assert status == 408
+    assert BODY_TIMEOUT <= elapsed < BODY_TIMEOUT + 0.2
+
+
+async def test_a_cancellation_during_a_read_stays_a_cancellation(
+    served: tuple[Starlette, dict[str, object]],
+) -> None:
+    call = Call(*served, [None])
+    task = asyncio.create_task(call())
+    await asyncio.sleep(0.05)
+    task.cancel()  # the server going away, say: not a timeout
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not call.sent
+    status, _ = await Call(*served, [None])()  # and the deadlines go on for the next read
+    assert status == 408
