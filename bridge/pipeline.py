@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from bridge.budget import Budget
 from bridge.codec.encode import Codec
 from bridge.codec.mapping import Mapper
 from bridge.codec.registry import SchemaRegistry
@@ -116,6 +117,7 @@ class Pipeline:
         self.topics = topics
         self.kafka_up = True  # false from a failed publish until the next acknowledgement
         self.in_flight = 0
+        self.ack_budget = Budget(settings.ack_timeout)
 
     @property
     def unavailable_topics(self) -> int:
@@ -252,8 +254,7 @@ class Pipeline:
 
     async def _publish(self, record: Record) -> Delivery:
         try:
-            async with asyncio.timeout(self.settings.ack_timeout):
-                return await self.publisher.publish(record)
+            return await self.ack_budget.wait(self.publisher.publish(record))
         except TimeoutError:
             raise PublishTimeout(
                 f"no acknowledgement from Kafka within {self.settings.ack_timeout:g}s"
