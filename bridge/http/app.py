@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import logging
@@ -10,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Final, TypedDict
+from typing import Final, TypedDict
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -19,6 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bridge.budget import Budget
 from bridge.container import Container
 from bridge.errors import BodyTimeout, BodyTooLarge, BridgeError, Overloaded
 from bridge.http.auth import Guard, bearer_token, require_credentials
@@ -69,7 +69,7 @@ def create_app(
         finally:
             await container.stop()
 
-    webhook = _Webhook(_RequestIds(), _BodyDeadlines(settings.body_timeout))
+    webhook = _Webhook(_RequestIds(), Budget(settings.body_timeout))
     return Starlette(
         routes=[
             # Every method (none named): without a token, even the method must not tell that
@@ -118,9 +118,9 @@ class _Webhook:
     built for it. It answers its own BridgeErrors with `bridge_error`, as Starlette's exception
     middleware would: `_Dispatch` calls it ahead of that middleware."""
 
-    def __init__(self, request_ids: _RequestIds, deadlines: _BodyDeadlines) -> None:
+    def __init__(self, request_ids: _RequestIds, body_budget: Budget) -> None:
         self._request_id = request_ids
-        self._deadlines = deadlines
+        self._body_budget = body_budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Reached through Starlette's router."""
@@ -140,7 +140,7 @@ class _Webhook:
             await refused(scope, receive, send)
             return
         try:
-            outcome = await _store(pipeline, self._deadlines, headers, receive)
+            outcome = await _store(pipeline, self._body_budget, headers, receive)
         except BridgeError as exc:  # before any answer was sent: the handler answers
             response = await bridge_error(Request(scope, receive, send), exc)
             await response(scope, receive, send)
@@ -209,7 +209,7 @@ class _RequestIds:
 
 async def _store(
     pipeline: Pipeline,
-    deadlines: _BodyDeadlines,
+    body_budget: Budget,
     headers: dict[bytes, bytes],
     receive: Receive,
 ) -> Outcome | None:
@@ -222,74 +222,21 @@ async def _store(
         raise Overloaded(f"more than {settings.max_in_flight} notifications in flight")
     pipeline.in_flight += 1
     try:
-        task = asyncio.current_task()
-        assert task is not None  # noqa: S101 - an ASGI app runs in a task
-        deadlines.begin(task)
         try:
-            body = await read_body(receive, headers.get(b"content-length"), settings.max_body_bytes)
-        except BaseException as exc:
-            if deadlines.end(task) and isinstance(exc, asyncio.CancelledError):
-                message = f"body not received within {settings.body_timeout:g}s"
-                raise BodyTimeout(message) from None
-            if isinstance(exc, ClientDisconnect):  # nothing was stored, no one left to answer
-                pipeline.metrics.rejected.labels("client_disconnected").inc()
-                logger.info("the client went away before its body ended")
-                return None
-            raise
-        deadlines.end(task)
+            # One timer for every body read (an asyncio.timeout each was ~29k instructions).
+            body = await body_budget.wait(
+                read_body(receive, headers.get(b"content-length"), settings.max_body_bytes)
+            )
+        except TimeoutError:
+            message = f"body not received within {settings.body_timeout:g}s"
+            raise BodyTimeout(message) from None
+        except ClientDisconnect:  # nothing was stored and no one is left to answer
+            pipeline.metrics.rejected.labels("client_disconnected").inc()
+            logger.info("the client went away before its body ended")
+            return None
         return await pipeline.accept(body, content_type)
     finally:
         pipeline.in_flight -= 1
-
-
-class _BodyDeadlines:
-    """Each body read bounded to `seconds`, as `asyncio.timeout` would (the task cancelled at
-    its deadline, the cancellation taken back and told as a timeout), with one timer for all
-    the reads: `asyncio.timeout` cost ~29k instructions a request, 5 % of a small notification
-    (its own machinery ~18k, uvloop's timer made and closed ~10k). Every read has the same
-    bound, so deadlines come in the order reads begin: the timer waits for the oldest read
-    still going, and a read that ends costs a dict deletion, not a timer."""
-
-    def __init__(self, seconds: float) -> None:
-        self._seconds = seconds
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # Reads going on, oldest first: their deadline, and how often their task was being
-        # cancelled when they began (as asyncio.timeout keeps it).
-        self._reading: dict[asyncio.Task[Any], tuple[float, int]] = {}
-        self._expired: dict[asyncio.Task[Any], int] = {}  # cancelled at their deadline
-        self._timer: asyncio.TimerHandle | None = None
-
-    def begin(self, task: asyncio.Task[Any]) -> None:
-        loop = task.get_loop()
-        if loop is not self._loop:  # a new event loop (a test client's): a fresh start
-            self._loop, self._timer = loop, None
-            self._reading.clear()
-            self._expired.clear()
-        deadline = loop.time() + self._seconds
-        self._reading[task] = (deadline, task.cancelling())
-        if self._timer is None:
-            self._timer = loop.call_at(deadline, self._expire)
-
-    def end(self, task: asyncio.Task[Any]) -> bool:
-        """The read of `task` is over: True when its deadline cancelled it (and no one else
-        did), the cancellation then taken back."""
-        if self._reading.pop(task, None) is not None:
-            return False
-        cancelling = self._expired.pop(task, None)
-        return cancelling is not None and task.uncancel() <= cancelling
-
-    def _expire(self) -> None:
-        assert self._loop is not None  # noqa: S101 - set by the begin that made the timer
-        self._timer = None
-        now = self._loop.time()
-        while self._reading:
-            task, (deadline, cancelling) = next(iter(self._reading.items()))
-            if deadline > now:
-                self._timer = self._loop.call_at(deadline, self._expire)
-                return
-            del self._reading[task]
-            self._expired[task] = cancelling
-            task.cancel()
 
 
 def _refuse(
