@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Match, Route
 from starlette.testclient import TestClient
+from starlette.types import Message, Scope
 
 from bridge.codec.encode import Codec
 from bridge.codec.mapping import Mapper
@@ -163,3 +167,203 @@ def test_metrics_count_outcomes_and_rejections_with_bounded_labels(client: TestC
     assert "bridge_in_flight 0.0" in text
     assert 'bridge_build_info{python="' in text
     assert "12345.0" not in text  # never a case id in a label
+
+
+# The webhook's paths are taken ahead of Starlette's router (`_Dispatch`); the router still has
+# them, for the forms the dispatcher leaves to it. Both must answer alike, and every other
+# request must stay Starlette's.
+
+
+@pytest.fixture
+def routed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths Starlette's router was asked to match."""
+    asked: list[str] = []
+    matches = Route.matches
+
+    def spy(route: Route, scope: Scope) -> tuple[Match, Scope]:
+        asked.append(scope["path"])
+        return matches(route, scope)
+
+    monkeypatch.setattr(Route, "matches", spy)
+    return asked
+
+
+def test_the_webhook_is_served_without_starlette_s_router_and_the_rest_with_it(
+    client: TestClient, publisher: MemoryPublisher, routed: list[str]
+) -> None:
+    assert client.post(WEBHOOK_PATH, content=sample_bytes()).status_code == 200
+    assert client.post(f"{WEBHOOK_PATH}/tok", content=sample_bytes("chatbot")).status_code == 200
+    assert not routed
+    assert len(publisher.topics["test.call"]) == len(publisher.topics["test.chatbot"]) == 1
+    assert client.get("/healthz").json() == {"status": "ok"}
+    for path in [f"{WEBHOOK_PATH}/a/b", f"{WEBHOOK_PATH}x", "/nowhere"]:
+        response = client.post(path, content=b"{}")
+        assert (response.status_code, response.text) == (404, "Not Found")
+    assert set(routed) >= {"/healthz", f"{WEBHOOK_PATH}/a/b", f"{WEBHOOK_PATH}x", "/nowhere"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "body", "status"),
+    [
+        ({}, b"x" * (2 * 1024 * 1024), 413),  # BodyTooLarge
+        ({"ack_timeout": 0.2, "retry_after": 7, "spool_dir": ""}, sample_bytes(), 503),
+    ],
+)
+def test_a_bridge_error_gets_the_same_answer_with_or_without_the_router(
+    settings: dict[str, object], body: bytes, status: int, tmp_path: Path, routed: list[str]
+) -> None:
+    app = create_app(load_settings(**{"spool_dir": tmp_path, **settings}), StalledPublisher())
+    answers = []
+    # A root path makes the dispatcher leave the request to Starlette's router.
+    for root_path in ["", "/behind-a-proxy"]:
+        with TestClient(app, root_path=root_path) as client:
+            response = client.post(WEBHOOK_PATH, content=body, headers={"x-request-id": "r-1"})
+            metrics = client.get("/metrics").text
+        answers.append((response.status_code, dict(response.headers), response.content))
+        assert (WEBHOOK_PATH in routed) == bool(root_path)
+        rejected = re.findall(
+            r'^bridge_rejected_total\{reason="(\w+)"\} 1\.0$', metrics, re.MULTILINE
+        )
+        assert len(rejected) == 1  # counted once, by the handler
+    assert answers[0] == answers[1]
+    status_code, headers, content = answers[0]
+    assert status_code == status
+    assert headers["x-request-id"] == "r-1"
+    assert headers["content-type"] == "application/json"
+    assert ("retry-after" in headers) == (status == 503)
+    assert set(orjson.loads(content)) == {"error", "detail"}
+
+
+def test_an_unexpected_error_on_the_webhook_is_a_500(client: TestClient) -> None:
+    async def broken(body: bytes, content_type: str) -> None:
+        raise RuntimeError(body, content_type)
+
+    client.app_state["pipeline"].accept = broken
+    with pytest.raises(RuntimeError):  # raised on to the server, which logs it
+        client.post(WEBHOOK_PATH, content=sample_bytes())
+    quiet = TestClient(client.app, raise_server_exceptions=False)
+    quiet.app_state = client.app_state
+    response = quiet.post(WEBHOOK_PATH, content=sample_bytes())
+    assert (response.status_code, response.text) == (500, "Internal Server Error")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE", "PROPFIND"])
+def test_a_stranger_gets_404_whatever_the_method_and_a_caller_405(
+    method: str, tmp_path: Path
+) -> None:
+    settings = load_settings(auth_tokens="tok", allow_unauthenticated=False, spool_dir=tmp_path)
+    app = create_app(settings, MemoryPublisher())
+    for root_path in ["", "/behind-a-proxy"]:  # the dispatcher's answer, then the router's
+        with TestClient(app, root_path=root_path) as client:
+            stranger = client.request(method, f"{WEBHOOK_PATH}/guess")
+            assert stranger.status_code == 404
+            assert "allow" not in stranger.headers
+            caller = client.request(method, f"{WEBHOOK_PATH}/tok")
+            assert caller.status_code == 405
+            assert caller.headers["allow"] == "POST"
+
+
+# Body deadlines: one timer for every read (`bridge.budget.Budget`), each read still answered
+# 408 at its own deadline (late by at most the budget's tick of 0.1 s, never early). Driven in
+# process, so a body can stall for as long as a test wants.
+
+BODY_TIMEOUT = 0.3
+
+
+class Call:
+    """One request to the app in process: its body comes as `parts` (None: a stall)."""
+
+    def __init__(self, app: Starlette, state: dict[str, object], parts: list[bytes | None]):
+        self.scope = {
+            "type": "http",
+            "method": "POST",
+            "path": WEBHOOK_PATH,
+            "root_path": "",
+            "headers": [(b"x-request-id", b"rid")],
+            "client": ("127.0.0.1", 1),
+            "state": dict(state),
+        }
+        self.app, self.parts, self.sent = app, parts, list[Message]()
+
+    async def receive(self) -> Message:
+        part = self.parts.pop(0)
+        if part is None:
+            await asyncio.Event().wait()  # never
+        return {"type": "http.request", "body": part, "more_body": bool(self.parts)}
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    async def __call__(self) -> tuple[int, float]:
+        started = time.monotonic()
+        await self.app(self.scope, self.receive, self.send)
+        # A deadline's cancellation is taken back: the task can be cancelled and time out again.
+        current = asyncio.current_task()
+        assert current is not None
+        assert current.cancelling() == 0
+        return self.sent[0]["status"], time.monotonic() - started
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[Starlette, dict[str, object]]]:
+    settings = load_settings(spool_dir=tmp_path, body_timeout=BODY_TIMEOUT)
+    app = create_app(settings, MemoryPublisher())
+    async with app.router.lifespan_context(app) as state:
+        assert state is not None
+        yield app, dict(state)
+
+
+async def test_a_stalled_body_is_answered_408_at_its_deadline(
+    served: tuple[Starlette, dict[str, object]],
+) -> None:
+    call = Call(*served, [b'{"type": ', None])
+    async with asyncio.timeout(2):  # a read never timed out fails here, not by hanging
+        status, elapsed = await call()
+    assert status == 408
+    assert BODY_TIMEOUT <= elapsed < BODY_TIMEOUT + 0.2
+    assert orjson.loads(call.sent[1]["body"])["error"] == "body_timeout"
+
+
+async def test_overlapping_reads_each_time_out_at_their_own_deadline(
+    served: tuple[Starlette, dict[str, object]],
+) -> None:
+    async def later(call: Call, delay: float) -> tuple[int, float]:
+        await asyncio.sleep(delay)
+        return await call()
+
+    stalled = Call(*served, [None])
+    quick = Call(*served, [sample_bytes()])
+    stalled_later = Call(*served, [b"{", None])
+    async with asyncio.timeout(2):  # a read never timed out fails here, not by hanging
+        results = await asyncio.gather(stalled(), later(quick, 0.05), later(stalled_later, 0.15))
+    (first, first_s), (second, second_s), (third, third_s) = results
+    assert (first, second, third) == (408, 200, 408)
+    assert BODY_TIMEOUT <= first_s < BODY_TIMEOUT + 0.2
+    assert second_s < 0.2
+    assert BODY_TIMEOUT <= third_s < BODY_TIMEOUT + 0.2  # from its own start, not the first's
+
+
+async def test_a_read_after_the_timer_found_nothing_still_times_out(
+    served: tuple[Starlette, dict[str, object]],
+) -> None:
+    assert (await Call(*served, [sample_bytes()])())[0] == 200
+    await asyncio.sleep(BODY_TIMEOUT + 0.1)  # the timer fired with no read left, and stopped
+    async with asyncio.timeout(2):
+        status, elapsed = await Call(*served, [None])()
+    assert status == 408
+    assert BODY_TIMEOUT <= elapsed < BODY_TIMEOUT + 0.2
+
+
+async def test_a_cancellation_during_a_read_stays_a_cancellation(
+    served: tuple[Starlette, dict[str, object]],
+) -> None:
+    call = Call(*served, [None])
+    task = asyncio.create_task(call())
+    await asyncio.sleep(0.05)
+    task.cancel()  # the server going away, say: not a timeout
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not call.sent
+    async with asyncio.timeout(2):  # and the deadlines go on for the next read
+        status, _ = await Call(*served, [None])()
+    assert status == 408
