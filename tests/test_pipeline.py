@@ -121,10 +121,13 @@ async def test_a_full_spool_is_refused_and_nothing_is_remembered(
 
 
 async def test_in_flight_work_is_bounded(pipeline: Pipeline) -> None:
-    with pipeline.admit(), pipeline.admit():
-        with pytest.raises(Overloaded), pipeline.admit():
-            pass
-        assert pipeline.in_flight == 2
+    pipeline.admit()
+    pipeline.admit()
+    with pytest.raises(Overloaded):
+        pipeline.admit()
+    assert pipeline.in_flight == 2
+    pipeline.release()
+    pipeline.release()
     assert pipeline.in_flight == 0
 
 

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bridge.budget import Budget
 from bridge.container import Container
-from bridge.errors import BodyTimeout, BodyTooLarge, BridgeError, Overloaded
+from bridge.errors import BodyTimeout, BodyTooLarge, BridgeError
 from bridge.http.auth import Guard, bearer_token, require_credentials
 from bridge.kafka.publish import Publisher
 from bridge.pipeline import Outcome, Pipeline
@@ -216,11 +216,7 @@ async def _store(
     """Read the body and hand it to the pipeline; None when the client went away first."""
     settings = pipeline.settings
     content_type = headers.get(b"content-type", b"").decode("latin-1")
-    # Pipeline.admit's bound, inline: as a generator context manager it cost ~10k instructions
-    # a request. After authentication: strangers never hold a slot.
-    if pipeline.in_flight >= settings.max_in_flight:
-        raise Overloaded(f"more than {settings.max_in_flight} notifications in flight")
-    pipeline.in_flight += 1
+    pipeline.admit()  # after authentication: strangers never hold a slot
     try:
         try:
             # One timer for every body read (an asyncio.timeout each was ~29k instructions).
@@ -236,7 +232,7 @@ async def _store(
             return None
         return await pipeline.accept(body, content_type)
     finally:
-        pipeline.in_flight -= 1
+        pipeline.release()
 
 
 def _refuse(
