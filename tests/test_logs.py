@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import io
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
 
 import orjson
 import pytest
@@ -16,8 +18,12 @@ from bridge.telemetry.logs import (
     StampRequestId,
     TextFormatter,
     Throttle,
+    _Enqueue,
+    _Writer,
     configure_logging,
+    log_notification,
     request_id,
+    writer_handler,
 )
 from tests.helpers import sample_bytes
 
@@ -160,3 +166,115 @@ def test_lines_are_written_off_the_event_loop_with_their_request_id(
     [line] = [orjson.loads(x) for x in capfd.readouterr().err.splitlines()]
     assert line["request_id"] == "req-7"
     assert line["case_id"] == "9"
+
+
+FACTS: dict[str, object] = {
+    "outcome": "stored",
+    "kind": "call",
+    "case_id": 'ca"se\u00e9\n',  # escaped, and beyond ASCII, as a client may send it
+    "event_id": "call:817377d194xxxxxxxxc8ad463bc81d996a",
+    "topic": "airudder.call",
+    "partition": 3,
+    "offset": None,
+    "reason": None,
+    "latency_ms": 12.34,
+}
+
+
+@pytest.fixture
+def bridge_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool], _Writer]]:
+    """Root logging as `configure_logging` leaves it, with a writer that is not started (the
+    test writes what is queued), and the clock stopped."""
+    root = logging.getLogger()
+    notification = logging.getLogger("bridge.notification")
+    saved = root.handlers[:], root.level, notification.filters[:]
+    monkeypatch.setattr(time, "time", lambda: 1744699269.1239996)
+
+    def configure(json: bool) -> _Writer:
+        enqueue = writer_handler(json)
+        assert isinstance(enqueue, _Enqueue)
+        enqueue.writer.stop()  # its thread ends; the test writes what is queued
+        root.handlers[:] = [enqueue]  # caplog's own handlers too: as outside pytest
+        root.setLevel(logging.INFO)
+        return enqueue.writer
+
+    yield configure
+    root.handlers[:], level, notification.filters[:] = saved
+    root.setLevel(level)
+
+
+def written(writer: _Writer) -> str:
+    writer.handler.setStream(stream := io.StringIO())  # type: ignore[attr-defined]
+    writer.write_waiting()
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize("json", [True, False])
+def test_the_fast_line_is_the_line_a_record_makes(
+    bridge_root: Callable[[bool], _Writer], json: bool
+) -> None:
+    writer = bridge_root(json)
+    logger = logging.getLogger("bridge.notification")
+    token = request_id.set("req-9")
+    try:
+        log_notification(logger, **FACTS)  # type: ignore[arg-type]
+        fast = [type(x) for x in writer.records]
+        fast_line = written(writer)
+        logger.addFilter(lambda _: True)  # a filter of the user's: the ordinary call
+        log_notification(logger, **FACTS)  # type: ignore[arg-type]
+        slow = [type(x) for x in writer.records]
+        slow_line = written(writer)
+    finally:
+        request_id.reset(token)
+    assert fast == ([tuple] if json else [logging.LogRecord])  # text: always a record
+    assert slow == [logging.LogRecord]
+    assert fast_line == slow_line
+    if json:
+        document = orjson.loads(fast_line)
+        assert list(document) == [
+            *("time", "level", "logger", "message", "outcome", "type", "case_id", "event_id"),
+            *("topic", "partition", "offset", "reason", "latency_ms", "request_id"),
+        ]
+        assert document["time"] == "2025-04-15T06:41:09.124Z"
+        assert document["case_id"] == FACTS["case_id"]
+    else:
+        assert "notification stored  outcome=stored type=call" in fast_line
+
+
+def test_another_handler_gets_the_ordinary_record(
+    bridge_root: Callable[[bool], _Writer],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writer = bridge_root(True)  # noqa: FBT003
+    # The caller's line is found again (writer_handler turns that off for bridge's own use).
+    monkeypatch.setattr(logging, "_srcfile", logging.addLevelName.__code__.co_filename)
+    logger = logging.getLogger("bridge.notification")
+    logging.getLogger().addHandler(caplog.handler)
+    log_notification(logger, **FACTS)  # type: ignore[arg-type]
+    [record] = caplog.records
+    assert record.getMessage() == "notification stored"
+    assert record.__dict__["type"] == "call"
+    assert record.funcName == "test_another_handler_gets_the_ordinary_record"  # the caller's
+    assert [type(x) for x in writer.records] == [logging.LogRecord]  # and bridge's writer too
+
+
+def test_level_warning_silences_the_line(
+    bridge_root: Callable[[bool], _Writer], caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = bridge_root(True)  # noqa: FBT003
+    logging.getLogger().setLevel(logging.WARNING)  # BRIDGE_LOG_LEVEL=warning
+    log_notification(logging.getLogger("bridge.notification"), **FACTS)  # type: ignore[arg-type]
+    assert not writer.records
+    assert not caplog.records
+
+
+def test_fast_lines_beyond_the_queue_are_dropped_and_counted(
+    bridge_root: Callable[[bool], _Writer],
+) -> None:
+    writer = bridge_root(True)  # noqa: FBT003
+    writer.limit = 2
+    for _ in range(5):
+        log_notification(logging.getLogger("bridge.notification"), **FACTS)  # type: ignore[arg-type]
+    assert [type(x) for x in writer.records] == [tuple, tuple]
+    assert writer.dropped == 3

@@ -25,7 +25,7 @@ from bridge.http.auth import Guard, bearer_token, require_credentials
 from bridge.kafka.publish import Publisher
 from bridge.pipeline import Outcome, Pipeline
 from bridge.settings import Settings, load_settings
-from bridge.telemetry.logs import request_id
+from bridge.telemetry.logs import log_notification, request_id
 from bridge.telemetry.metrics import Metrics
 
 logger = logging.getLogger("bridge.notification")
@@ -150,20 +150,17 @@ class _Webhook:
         prepared, delivery = outcome.prepared, outcome.delivery
         seconds = time.monotonic() - started
         pipeline.metrics.count(prepared.type, outcome.outcome, seconds)
-        logger.info(
-            "notification %s",
-            outcome.outcome,
-            extra={
-                "outcome": outcome.outcome,
-                "type": prepared.type,
-                "case_id": prepared.case_id,
-                "event_id": prepared.event_id,
-                "topic": prepared.record.topic,
-                "partition": delivery.partition if delivery else None,
-                "offset": delivery.offset if delivery else None,
-                "reason": prepared.reason or None,
-                "latency_ms": round(seconds * 1000, 2),
-            },
+        log_notification(
+            logger,
+            outcome=outcome.outcome,
+            kind=prepared.type,
+            case_id=prepared.case_id,
+            event_id=prepared.event_id,
+            topic=prepared.record.topic,
+            partition=delivery.partition if delivery else None,
+            offset=delivery.offset if delivery else None,
+            reason=prepared.reason or None,
+            latency_ms=round(seconds * 1000, 2),
         )
         await send(
             {
