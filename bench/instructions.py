@@ -99,6 +99,52 @@ for _ in range(int(sys.argv[2])):
 """
 
 
+# The service's ASGI app driven in process (no sockets, no HTTP parsing) with an in-memory
+# publisher: what bridge does around the HTTP server and the Kafka client, the log line and
+# the spool's file included. A request is counted from its scope to its answer.
+_APP = """
+import asyncio, os, sys, tempfile
+import uvloop
+from bench.bodies import stream
+from bridge.http.app import create_app
+from bridge.kafka.publish import MemoryPublisher
+from bridge.settings import load_settings
+from bridge.telemetry.logs import configure_logging
+
+async def main(body_kind, count, spool):
+    settings = load_settings(auth_tokens="t", spool_dir=spool, log_level="info")
+    configure_logging(settings, json=True)
+    publisher = MemoryPublisher()
+    app = create_app(settings, publisher)
+    bodies = stream(body_kind)
+    async with app.router.lifespan_context(app) as state:
+        for n in range(300 + count):  # a warm-up first, in both counts
+            body = next(bodies)
+            answers = []
+            async def receive():
+                return {"type": "http.request", "body": body, "more_body": False}
+            async def send(message):
+                answers.append(message)
+            scope = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                "method": "POST", "scheme": "http", "path": "/webhooks/airudder/t",
+                "raw_path": b"/webhooks/airudder/t", "query_string": b"", "root_path": "",
+                "client": ("127.0.0.1", 5555), "server": ("127.0.0.1", 8080),
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())],
+                "state": dict(state),
+            }
+            await app(scope, receive, send)
+            assert answers[0]["status"] == 200, answers
+            if n % 1000 == 999:
+                publisher.topics.clear()
+
+sys.stderr = open(os.devnull, "w")  # the log lines: written, then thrown away
+with tempfile.TemporaryDirectory(prefix="bench-app-") as spool:
+    uvloop.run(main(sys.argv[1], int(sys.argv[2]), spool))
+"""
+
+
 def _counted(command: list[str]) -> int:
     with _callgrind() as (tool, log):
         subprocess.run([*tool, *command], check=True, capture_output=True)
@@ -108,6 +154,13 @@ def _counted(command: list[str]) -> int:
 def stages(body: str, count: int = 1000) -> float:
     """Thousands of instructions of the pure stages (parse, map + encode, route) per body."""
     command = [sys.executable, "-c", _STAGES, body]
+    return (_counted([*command, str(count)]) - _counted([*command, "0"])) / count / 1000
+
+
+def app(body: str, count: int = 1000) -> float:
+    """Thousands of instructions per request of the service's ASGI app in process, with an
+    in-memory publisher (no HTTP server, no Kafka client: `per_request` counts those too)."""
+    command = [sys.executable, "-c", _APP, body]
     return (_counted([*command, str(count)]) - _counted([*command, "0"])) / count / 1000
 
 
@@ -135,7 +188,8 @@ def per_request_by_protocol(
 
 
 def main() -> None:
-    """`python -m bench.instructions KIND BODY`: one count, e.g. before and after a change.
+    """`python -m bench.instructions KIND BODY`: one count, e.g. before and after a change
+    (`app`: the ASGI app alone, in process, `--count` 1000 a good size).
     With the event ids shared, the bridge also works per second (its follower fetches the
     event-ids topic about ten times a second, some 5 million instructions a second under
     callgrind against under 1 million without): a run slowed by a busy machine counts more of
@@ -143,13 +197,20 @@ def main() -> None:
     from bench.__main__ import FULL, PARTITIONS  # noqa: PLC0415 - the harness imports this module
 
     parser = argparse.ArgumentParser(prog="python -m bench.instructions")
-    parser.add_argument("kind", choices=["ceiling", "floor", "bridge"])
+    parser.add_argument(
+        "kind",
+        choices=["ceiling", "floor", "bridge", "app"],
+        help="app: the bridge's ASGI app in process, in-memory publisher (a minute, no broker)",
+    )
     parser.add_argument("body", choices=BODIES)
     parser.add_argument("--count", type=int, default=300, help="requests counted")
     parser.add_argument(
         "--full", action="store_true", help="the bridge's duplicate memory full, as make bench"
     )
     args = parser.parse_args()
+    if args.kind == "app":
+        print(f"app, {args.body}: {app(args.body, args.count):,.0f}k instructions a request")
+        return
     remembered = FULL if args.full and args.kind == "bridge" else 0
     with EmbeddedBroker() as broker:
         asyncio.run(

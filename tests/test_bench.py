@@ -119,3 +119,17 @@ def test_the_bridge_is_counted_with_its_event_ids_not_shared(
     monkeypatch.setattr(instructions, "_callgrind", lambda: contextlib.nullcontext(((), log)))
     assert instructions.total("bridge", "small", None, 0) == 1234  # type: ignore[arg-type]
     assert started == [{"BRIDGE_DEDUP_SHARED": "false"}]
+
+
+@pytest.mark.process
+def test_the_app_counted_in_process_answers_every_request() -> None:
+    # What `python -m bench.instructions app BODY` runs under callgrind, here without it: it
+    # must serve (a 200 for each request) or its count would be of something else.
+    script = subprocess.run(
+        [sys.executable, "-c", instructions._APP, "small", "20"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert script.returncode == 0, script.stderr[-2000:]
