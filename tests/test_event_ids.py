@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -276,9 +277,12 @@ async def test_ids_are_sent_as_send_would_send_them(broker: Broker, partitions: 
     assert len({r.partition for r in records}) == partitions
 
 
-async def test_a_start_reads_back_no_more_ids_than_memory_keeps(broker: Broker) -> None:
+async def test_a_start_reads_back_no_more_ids_than_memory_keeps(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A window busier than memory: only the newest `dedup_max_entries` ids are read back
-    (older ones would be forgotten as soon as learned), however many the topic holds."""
+    (older ones would be forgotten as soon as learned), however many the topic holds, and a
+    few at a time."""
     prefix = f"t{uuid.uuid4().hex[:10]}."
     settings = load_settings(
         kafka_bootstrap_servers=broker.bootstrap_servers,
@@ -303,9 +307,21 @@ async def test_a_start_reads_back_no_more_ids_than_memory_keeps(broker: Broker) 
         learned.append(key)
         return True
 
+    taken: list[int] = []  # records handed back by each read of the consumer
+    getmany = AIOKafkaConsumer.getmany
+
+    async def counted(self: AIOKafkaConsumer, *partitions: object, **options: object) -> object:
+        batch = await getmany(self, *partitions, **options)
+        taken.append(sum(len(records) for records in batch.values()))
+        return batch
+
+    monkeypatch.setattr(AIOKafkaConsumer, "getmany", counted)
+    monkeypatch.setattr("bridge.kafka.event_ids.READ_BATCH", 300)
     follower = EventIdTopic(settings, Metrics())
     await follower.start(learn)
     await follower.stop()
+    # Read a few hundred at a time, not a whole fetch at once (peak memory at start).
+    assert max(taken) <= 300 < sum(taken)
     newest = {key for key, _ in events[-1000:]}
     assert newest <= set(learned)  # every id memory would keep
     if broker.end_offsets_trusted:  # Tansu's can be short: it then reads a little more
