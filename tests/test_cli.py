@@ -185,6 +185,9 @@ def test_several_workers_share_the_socket_and_add_up_their_metrics(
 ) -> None:
     env = process_env(kafka_settings, BRIDGE_AUTH_TOKENS=TOKEN, BRIDGE_WORKERS="2")
     log = kafka_settings.spool_dir.parent / "workers.log"  # type: ignore[union-attr]
+    scratch = kafka_settings.spool_dir.parent / "tmp"  # type: ignore[union-attr]
+    scratch.mkdir()
+    env["TMPDIR"] = str(scratch)  # where the workers' metrics directory is made
     with log.open("wb") as out:
         process = subprocess.Popen([*BRIDGE, "serve"], env=env, stdout=out, stderr=out)
     base = f"http://127.0.0.1:{kafka_settings.port}"
@@ -208,9 +211,11 @@ def test_several_workers_share_the_socket_and_add_up_their_metrics(
             "spool-0.sqlite3",
             "spool-1.sqlite3",
         }
+        assert [p.name[:15] for p in scratch.iterdir()] == ["bridge-metrics-"]
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
+    assert list(scratch.iterdir()) == []  # the metrics directory went with the workers
     lines = [orjson.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
     stored = [x for x in lines if x.get("logger") == "bridge.notification"]
     assert len(stored) == 20 + 16  # each worker logs its own notifications

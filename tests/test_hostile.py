@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,12 @@ URL = f"{WEBHOOK_PATH}/{TOKEN}"
 class Harness:
     """An app with the in-memory publisher, and what it stored."""
 
-    def __init__(self, **extra: Any) -> None:
+    def __init__(self, spool_dir: Path, **extra: Any) -> None:
         self.publisher = MemoryPublisher()
         self.settings = load_settings(
             auth_tokens=TOKEN,
             allow_unauthenticated=False,
-            spool_dir=tempfile.mkdtemp(prefix="bridge-hostile-"),
+            spool_dir=spool_dir,
             topic_prefix="h.",
             **extra,
         )
@@ -56,8 +55,8 @@ class Harness:
 
 
 @pytest.fixture
-def harness() -> Iterator[tuple[Harness, TestClient]]:
-    h = Harness()
+def harness(tmp_path: Path) -> Iterator[tuple[Harness, TestClient]]:
+    h = Harness(tmp_path)
     with TestClient(h.app) as client:
         yield h, client
 
@@ -101,27 +100,29 @@ def test_what_fits_is_kept_exactly_even_at_the_edges(harness: tuple[Harness, Tes
     assert len(h.publisher.topics["h.call"]) == 1
 
 
-def test_a_million_keys_has_a_defined_answer() -> None:
+def test_a_million_keys_has_a_defined_answer(tmp_path: Path) -> None:
     body = b"{" + b",".join(b'"k%d":0' % i for i in range(1_000_000)) + b"}"
-    h = Harness(max_body_bytes=16 * 1024 * 1024)
+    h = Harness(tmp_path / "small", max_body_bytes=16 * 1024 * 1024)
     with TestClient(h.app) as client:
         response = client.post(URL, content=body)
     assert response.status_code == 413  # the raw body cannot fit in a Kafka record
     assert response.json()["error"] == "too_large_for_kafka"
     assert not h.stored()
-    roomy = Harness(max_body_bytes=16 * 1024 * 1024, kafka_max_request_size=32 * 1024 * 1024)
+    roomy = Harness(
+        tmp_path / "roomy", max_body_bytes=16 * 1024 * 1024, kafka_max_request_size=32 * 1024 * 1024
+    )
     with TestClient(roomy.app) as client:
         assert client.post(URL, content=body).status_code == 200
     assert dead_letter_reason(roomy) == "unknown-type"
     assert len(orjson.loads(roomy.publisher.topics["h.dlq"][0].value)) == 1_000_000
 
 
-def test_a_record_that_grows_beyond_kafkas_limit_becomes_a_dead_letter() -> None:
+def test_a_record_that_grows_beyond_kafkas_limit_becomes_a_dead_letter(tmp_path: Path) -> None:
     # 20,000 empty messages: 3 bytes of JSON each, 8 bytes of Avro (every field null).
     data = sample("chatbot")
     data["chatbot"]["messages"] = [{}] * 20_000
     body = orjson.dumps(data)
-    h = Harness(kafka_max_request_size=100 * 1024)
+    h = Harness(tmp_path, kafka_max_request_size=100 * 1024)
     assert len(body) < 100 * 1024
     with TestClient(h.app) as client:
         assert client.post(URL, content=body).status_code == 200
@@ -184,8 +185,10 @@ header_values = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint
 
 
 @pytest.fixture(scope="module")
-def fuzzed() -> Iterator[tuple[Harness, TestClient]]:
-    h = Harness(auth_failure_limit=0)  # the fuzzer fails a lot, from one address
+def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Harness, TestClient]]:
+    h = Harness(
+        tmp_path_factory.mktemp("fuzzed"), auth_failure_limit=0
+    )  # the fuzzer fails a lot, from one address
     with TestClient(h.app) as client:
         yield h, client
 
@@ -236,8 +239,8 @@ def test_the_served_description_is_the_committed_one(harness: tuple[Harness, Tes
 
 
 @pytest.fixture(scope="module")
-def api() -> Iterator[TestClient]:
-    with TestClient(Harness(auth_failure_limit=0).app) as client:
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    with TestClient(Harness(tmp_path_factory.mktemp("api"), auth_failure_limit=0).app) as client:
         yield client
 
 

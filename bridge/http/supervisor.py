@@ -13,6 +13,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -123,11 +124,19 @@ def run(settings: Settings) -> int:
         Server(serving(settings)).run()
         return 0
     # Several processes, each building its own app (and taking its own spool file); metrics
-    # added up across them (prometheus-client reads its directory from the environment).
-    os.environ.setdefault(MULTIPROCESS_DIR, tempfile.mkdtemp(prefix="bridge-metrics-"))
+    # added up across them (prometheus-client reads its directory from the environment). A
+    # directory made here is removed when the workers are gone, not left behind in /tmp.
+    made = None
+    if MULTIPROCESS_DIR not in os.environ:
+        made = os.environ[MULTIPROCESS_DIR] = tempfile.mkdtemp(prefix="bridge-metrics-")
     if settings.port == 0:  # one port for all: chosen here
         settings = settings.model_copy(update={"port": free_port()})
-    return supervise(settings)
+    try:
+        return supervise(settings)
+    finally:
+        if made is not None:
+            del os.environ[MULTIPROCESS_DIR]
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def restart_delay(previous: float, lived: float) -> float:
