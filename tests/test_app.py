@@ -268,6 +268,8 @@ def test_a_stranger_gets_404_whatever_the_method_and_a_caller_405(
 # process, so a body can stall for as long as a test wants.
 
 BODY_TIMEOUT = 0.3
+# How late a deadline may be seen on a loaded machine (the budget's tick is 0.1 s): never early.
+LATE = 1.0
 
 
 class Call:
@@ -317,10 +319,10 @@ async def test_a_stalled_body_is_answered_408_at_its_deadline(
     served: tuple[Starlette, dict[str, object]],
 ) -> None:
     call = Call(*served, [b'{"type": ', None])
-    async with asyncio.timeout(2):  # a read never timed out fails here, not by hanging
+    async with asyncio.timeout(3):  # a read never timed out fails here, not by hanging
         status, elapsed = await call()
     assert status == 408
-    assert BODY_TIMEOUT <= elapsed < BODY_TIMEOUT + 0.2
+    assert BODY_TIMEOUT <= elapsed < BODY_TIMEOUT + LATE
     assert orjson.loads(call.sent[1]["body"])["error"] == "body_timeout"
 
 
@@ -334,13 +336,13 @@ async def test_overlapping_reads_each_time_out_at_their_own_deadline(
     stalled = Call(*served, [None])
     quick = Call(*served, [sample_bytes()])
     stalled_later = Call(*served, [b"{", None])
-    async with asyncio.timeout(2):  # a read never timed out fails here, not by hanging
+    async with asyncio.timeout(3):  # a read never timed out fails here, not by hanging
         results = await asyncio.gather(stalled(), later(quick, 0.05), later(stalled_later, 0.15))
     (first, first_s), (second, second_s), (third, third_s) = results
     assert (first, second, third) == (408, 200, 408)
-    assert BODY_TIMEOUT <= first_s < BODY_TIMEOUT + 0.2
-    assert second_s < 0.2
-    assert BODY_TIMEOUT <= third_s < BODY_TIMEOUT + 0.2  # from its own start, not the first's
+    assert BODY_TIMEOUT <= first_s < BODY_TIMEOUT + LATE
+    assert second_s < first_s  # not held back by the stalled read before it
+    assert BODY_TIMEOUT <= third_s < BODY_TIMEOUT + LATE  # from its own start, not the first's
 
 
 async def test_a_read_after_the_timer_found_nothing_still_times_out(
@@ -348,10 +350,10 @@ async def test_a_read_after_the_timer_found_nothing_still_times_out(
 ) -> None:
     assert (await Call(*served, [sample_bytes()])())[0] == 200
     await asyncio.sleep(BODY_TIMEOUT + 0.1)  # the timer fired with no read left, and stopped
-    async with asyncio.timeout(2):
+    async with asyncio.timeout(3):
         status, elapsed = await Call(*served, [None])()
     assert status == 408
-    assert BODY_TIMEOUT <= elapsed < BODY_TIMEOUT + 0.2
+    assert BODY_TIMEOUT <= elapsed < BODY_TIMEOUT + LATE
 
 
 async def test_a_cancellation_during_a_read_stays_a_cancellation(
@@ -364,6 +366,6 @@ async def test_a_cancellation_during_a_read_stays_a_cancellation(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not call.sent
-    async with asyncio.timeout(2):  # and the deadlines go on for the next read
+    async with asyncio.timeout(3):  # and the deadlines go on for the next read
         status, _ = await Call(*served, [None])()
     assert status == 408
