@@ -110,18 +110,17 @@ class _Writer(threading.Thread):
         self.stopping = False
 
     def put(self, record: logging.LogRecord) -> None:
-        if len(self.records) >= self.limit:
-            self.dropped += 1
-            return
-        self.records.append(record)
-        if record.levelno >= logging.WARNING:
+        if self.put_notification(record) and record.levelno >= logging.WARNING:
             self.wake.set()
 
-    def put_notification(self, line: _Notification) -> None:
+    def put_notification(self, line: logging.LogRecord | _Notification) -> bool:
+        """Queue a line (a notification's is info: written with the next batch); False when
+        the queue is full and it was dropped (counted)."""
         if len(self.records) >= self.limit:
             self.dropped += 1
-            return
-        self.records.append(line)  # info: written with the next batch
+            return False
+        self.records.append(line)
+        return True
 
     def run(self) -> None:
         while not self.stopping:
