@@ -110,12 +110,13 @@ class _Writer(threading.Thread):
         self.stopping = False
 
     def put(self, record: logging.LogRecord) -> None:
-        if self.put_notification(record) and record.levelno >= logging.WARNING:
+        """Queue a record; a warning or worse wakes the writer at once."""
+        if self.queue(record) and record.levelno >= logging.WARNING:
             self.wake.set()
 
-    def put_notification(self, line: logging.LogRecord | _Notification) -> bool:
-        """Queue a line (a notification's is info: written with the next batch); False when
-        the queue is full and it was dropped (counted)."""
+    def queue(self, line: logging.LogRecord | _Notification) -> bool:
+        """Queue a record or a notification's line (info: written with the next batch); False
+        when the queue is full and it was dropped (counted)."""
         if len(self.records) >= self.limit:
             self.dropped += 1
             return False
@@ -249,7 +250,7 @@ def log_notification(  # noqa: PLR0913 - the line's fields, by name
             stacklevel=2,  # the caller's line, as if it had called `logger.info` itself
         )
         return
-    writer.put_notification(
+    writer.queue(
         (
             time.time(),  # as a record's `created`
             logger.name,
