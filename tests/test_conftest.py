@@ -130,6 +130,41 @@ def test_a_unit_tier_test_that_starts_a_process_fails(tmp_path: Path) -> None:
     assert "FAILED test_guarded.py::test_unmarked_starts_one_through_asyncio" in result.stdout
 
 
+LEAKING = """
+import asyncio
+import socket
+
+
+async def test_leaks_a_socket_in_a_cycle() -> None:
+    # Only the garbage collector frees it, as a transport and its protocol referring to
+    # each other: without a collection here, whichever test came next would be blamed.
+    leaked = {"socket": socket.socket()}
+    leaked["itself"] = leaked
+    await asyncio.sleep(0)
+
+
+async def test_after_it() -> None:
+    await asyncio.sleep(0)
+"""
+
+
+@pytest.mark.process
+def test_a_leak_is_reported_by_the_test_that_made_it(tmp_path: Path) -> None:
+    (tmp_path / "test_leaking.py").write_text(LEAKING)
+    result = subprocess.run(
+        [*PYTEST_WITH_OUR_CONFTEST, "-o", "asyncio_mode=auto", "-W", "error", "-q"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "unclosed <socket.socket" in result.stdout, result.stdout + result.stderr
+    assert "ERROR test_leaking.py::test_leaks_a_socket_in_a_cycle" in result.stdout
+    assert "2 passed, 1 error" in result.stdout, result.stdout  # the error: its teardown
+
+
 BROKER_UNMARKED = """
 def test_takes_a_broker(broker) -> None:
     pass
