@@ -143,18 +143,12 @@ class Container:
         if self.event_ids is not None:
             await self.event_ids.stop()
         await self.publisher.stop(timeout=budget / 2)
-        await _bounded_close(self.topics)
+        await self.topics.close()
         if self.registry is not None:
             await self.registry.close()
         if self.spool is not None:
             lifecycle.info("stopping with %d entries in the spool", self.spool.depth)
             await self.spool.close()
-
-
-async def _bounded_close(topics: TopicWatch) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(2.0):
-            await topics.close()
 
 
 def build_pipeline(

@@ -63,15 +63,21 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _leaks_reported_where_made(request: pytest.FixtureRequest) -> Iterator[None]:
+def _leaks_reported_where_made(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> Iterator[None]:
     """What a test leaves open (a socket, a transport, a Kafka client) is reported when the
-    garbage collector frees it: once in CI by an unrelated test minutes later. Collected when
-    a test that runs a loop or a process ends (this teardown comes after its fixtures'),
-    pytest's unraisable-exception check fails the test that leaked it."""
+    garbage collector frees it: in CI, by an unrelated test minutes later. Collected when a
+    test that runs a loop or a process ends (this teardown comes after its fixtures'),
+    pytest's unraisable-exception check fails the test that leaked it. The log records it
+    captured go first: their arguments and tracebacks hold what the test used (an aiokafka
+    error, its connection) until pytest drops them, after this teardown."""
     yield
     if _marked(request.node, *STARTING) or inspect.iscoroutinefunction(
         getattr(request.node, "obj", None)
     ):
+        for when in ("setup", "call"):
+            caplog.get_records(when).clear()  # already written into the report
         gc.collect()
 
 

@@ -11,6 +11,7 @@ import errno
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -47,9 +48,11 @@ __all__ = [
     "StalledPublisher",
     "SwitchablePublisher",
     "broker_settings",
+    "connections_to",
     "consume",
     "fill_disk",
     "free_port",
+    "frozen",
     "notification",
     "process_env",
     "require_apache_kafka",
@@ -386,6 +389,41 @@ def started(cluster: KafkaCluster, timeout: float = 240.0) -> KafkaCluster:
         cluster.close()
         pytest.fail(str(exc))
     return cluster
+
+
+def connections_to(port: int) -> int:
+    """This process's open TCP connections to a loopback `port` (from /proc: what the kernel
+    holds, whatever Python still refers to)."""
+    ours = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = str(fd.readlink())
+            if target.startswith("socket:["):
+                ours.add(target[len("socket:[") : -1])
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port = int(fields[2].split(":")[1], 16)
+        if remote_port == port and fields[9] in ours:
+            count += 1
+    return count
+
+
+@contextlib.contextmanager
+def frozen(broker: EmbeddedBroker | KafkaCluster) -> Iterator[None]:
+    """A broker's processes stopped (SIGSTOP: connections stay open, nothing is answered),
+    and given back afterwards whatever happens."""
+    if isinstance(broker, KafkaCluster):
+        pids = [node.pid for node in broker.nodes.values() if node.pid is not None]
+    else:
+        pids = [broker.pid] if broker.pid is not None else []
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from bridge.kafka.admin import create_topics_and_wait
 from bridge.kafka.publish import KafkaPublisher, MemoryPublisher, Publisher
 from bridge.notifications.record import Record
 from bridge.settings import Settings, load_settings
-from tests.helpers import Broker, broker_settings
+from tests.helpers import Broker, broker_settings, connections_to, frozen
 
 Stored = tuple[bytes | None, bytes, dict[str, bytes]]
 
@@ -116,3 +116,57 @@ async def test_keys_land_where_kafkas_default_partitioner_puts_them(
     everywhere = list(range(6))
     assert landed == [DefaultPartitioner()(key, everywhere, everywhere) for key in keys]
     assert len(set(landed)) > 1
+
+
+@pytest.mark.kafka
+async def test_a_stop_on_a_frozen_broker_ends_in_time_and_leaves_no_connection_open(
+    broker: Broker,
+) -> None:
+    loop = asyncio.get_running_loop()
+    with broker.another() as own:
+        port = int(own.bootstrap_servers.rsplit(":", 1)[1])
+        settings = load_settings(
+            kafka_bootstrap_servers=own.bootstrap_servers,
+            kafka_enable_idempotence=broker.idempotence,
+            topic_prefix="frozen.",
+        )
+        topic = "frozen.call"
+        await create_topics_and_wait(own.bootstrap_servers, [topic])
+
+        async def started() -> KafkaPublisher:
+            kafka = KafkaPublisher(settings)
+            await kafka.start()
+            await kafka.publish(Record(topic, b"case", b"before", []))
+            assert connections_to(port) >= 1
+            return kafka
+
+        async def held_by(kafka: KafkaPublisher) -> asyncio.Task[object]:
+            held = asyncio.create_task(kafka.publish(Record(topic, b"case", b"held", [])))
+            await asyncio.sleep(0.3)  # sent: the frozen broker takes it and never answers
+            assert not held.done()
+            return held
+
+        # Past its timeout (aiokafka's stop() waits for the held record's acknowledgement).
+        kafka = await started()
+        with frozen(own):
+            held = await held_by(kafka)
+            began = loop.time()
+            await kafka.stop(1.0)
+            assert loop.time() - began < 2.0
+            with pytest.raises(PublishError):  # answered, not left waiting for 30 s
+                await asyncio.wait_for(held, 1.0)
+            assert connections_to(port) == 0
+
+        # Its caller cancelled (a lifespan cut short).
+        kafka = await started()
+        with frozen(own):
+            held = await held_by(kafka)
+            stopping = asyncio.create_task(kafka.stop(30.0))
+            await asyncio.sleep(0.3)
+            stopping.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await stopping
+            with pytest.raises(PublishError):
+                await asyncio.wait_for(held, 1.0)
+            await asyncio.sleep(0)
+            assert connections_to(port) == 0

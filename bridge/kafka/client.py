@@ -1,20 +1,26 @@
-"""What every Kafka client of bridge shares: the connection options, and reading topics from a
-chosen start until nothing new comes (end offsets are not trusted: some brokers misreport
-them after a multi-record batch). Creating, checking and describing topics is `kafka.admin`'s."""
+"""What every Kafka client of bridge shares: the connection options, a stop that never waits
+without bound nor leaves a socket open, and reading topics from a chosen start until nothing
+new comes (end offsets are not trusted: some brokers misreport them after a multi-record
+batch). Creating, checking and describing topics is `kafka.admin`'s."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.conn import CloseReason
+from aiokafka.errors import ProducerClosed
 from aiokafka.helpers import create_ssl_context
 
 from bridge.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 POLL_MS = 200  # each poll waits at most this long, so an idle deadline is checked as often
 
@@ -42,6 +48,60 @@ def kafka_options(s: Settings) -> dict[str, Any]:
         options["sasl_plain_username"] = s.kafka_sasl_username
         options["sasl_plain_password"] = s.kafka_sasl_password.get_secret_value()
     return options
+
+
+async def stop_within(client: Any, timeout: float) -> None:
+    """Stop an aiokafka producer, consumer or client within `timeout` seconds, whatever the
+    broker does, and leave none of its connections open. Errors are logged, never raised:
+    stopping goes on.
+
+    A producer's `stop()` first waits for what it holds to be acknowledged: a broker that
+    accepts and never answers (frozen, or behind a stalled network) holds it for the request
+    timeout and more. Given up on, the stop left the producer's sender running and its sockets
+    open for the life of the process: one more each time a producer was renewed, or each
+    retry of the event-id follower while Kafka was away. So past the timeout, or when the
+    caller is cancelled, the client's tasks are cancelled and its connections aborted."""
+    try:
+        async with asyncio.timeout(timeout):
+            await (client.close() if isinstance(client, AIOKafkaClient) else client.stop())
+    except TimeoutError:
+        logger.warning("a Kafka client did not stop within %.1fs: its connections closed", timeout)
+    except Exception:
+        logger.warning("error while stopping a Kafka client", exc_info=True)
+    except BaseException:
+        _abort(client)
+        raise
+    else:
+        return
+    _abort(client)
+    await asyncio.sleep(0)  # the aborted transports close their sockets on the loop's next turn
+
+
+def _abort(client: Any) -> None:
+    """What a `stop()` cut short leaves behind: the tasks that would send, fetch or reconnect
+    cancelled, every connection aborted (its unsent bytes dropped; a close would wait for them
+    to be written, and a frozen broker reads nothing), and what it held refused: a request
+    waiting on it falls back to the spool, as on any error in flight."""
+    kafka: AIOKafkaClient = client
+    if not isinstance(client, AIOKafkaClient):  # a producer's client is public, a consumer's not
+        kafka = getattr(client, "client", None) or client._client  # noqa: SLF001
+    sender, fetcher = getattr(client, "_sender", None), getattr(client, "_fetcher", None)
+    tasks = [
+        getattr(sender, "sender_task", None),
+        getattr(fetcher, "_fetch_task", None),
+        kafka._sync_task,  # noqa: SLF001
+    ]
+    for task in tasks:
+        if task is not None:
+            task.cancel()
+    accumulator = getattr(client, "_message_accumulator", None)
+    if accumulator is not None:  # whoever waits on a record it held is answered, not left
+        accumulator.fail_all(ProducerClosed())
+    for connection in list(kafka._conns.values()):  # noqa: SLF001
+        writer = connection._writer  # noqa: SLF001
+        if writer is not None:
+            writer.transport.abort()
+        connection.close(reason=CloseReason.SHUTDOWN)
 
 
 @dataclass(frozen=True)

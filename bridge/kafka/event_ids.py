@@ -29,7 +29,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from bridge.kafka.admin import TopicSpec, create_topics
-from bridge.kafka.client import kafka_options
+from bridge.kafka.client import kafka_options, stop_within
 from bridge.kafka.errors import UNREACHABLE, reason
 from bridge.settings import Settings
 from bridge.telemetry.metrics import Metrics
@@ -204,12 +204,8 @@ class EventIdTopic:
             await self._read(consumer, partitions, learn)
         finally:
             self._producer = None
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await consumer.stop()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await producer.stop()
+            await stop_within(consumer, 2.0)
+            await stop_within(producer, 2.0)
 
     async def _assign(
         self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer

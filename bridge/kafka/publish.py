@@ -21,7 +21,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 
 from bridge.errors import PublishError
-from bridge.kafka.client import kafka_options
+from bridge.kafka.client import kafka_options, stop_within
 from bridge.kafka.errors import UNREACHABLE, publish_error, unavailable
 from bridge.notifications.record import Record
 from bridge.settings import Settings
@@ -90,13 +90,15 @@ class KafkaPublisher:
         try:
             async with asyncio.timeout(s.kafka_connect_timeout):
                 await producer.start()
-        except UNREACHABLE as exc:
-            await _bounded(producer.stop(), 2.0)
-            raise unavailable(
-                f"cannot reach Kafka at {s.kafka_bootstrap_servers} "
-                f"(BRIDGE_KAFKA_BOOTSTRAP_SERVERS) within {s.kafka_connect_timeout:g}s",
-                exc,
-            ) from exc
+        except BaseException as exc:  # a refusal or a cancelled start alike: nothing left open
+            await stop_within(producer, 2.0)
+            if isinstance(exc, UNREACHABLE):
+                raise unavailable(
+                    f"cannot reach Kafka at {s.kafka_bootstrap_servers} "
+                    f"(BRIDGE_KAFKA_BOOTSTRAP_SERVERS) within {s.kafka_connect_timeout:g}s",
+                    exc,
+                ) from exc
+            raise
         self._producer = producer
 
     async def stop(self, timeout: float) -> None:
@@ -106,7 +108,7 @@ class KafkaPublisher:
                 await self._renewal
         if self._producer is not None:
             # aiokafka's stop() flushes and can wait forever on a dead broker: bound it.
-            await _bounded(self._producer.stop(), timeout)
+            await stop_within(self._producer, timeout)
             self._producer = None
 
     async def publish(self, record: Record) -> Delivery:
@@ -139,14 +141,16 @@ class KafkaPublisher:
         try:
             async with asyncio.timeout(self._settings.kafka_connect_timeout):
                 await fresh.start()
-        except UNREACHABLE as exc:
+        except BaseException as exc:
+            await stop_within(fresh, 2.0)
+            if not isinstance(exc, UNREACHABLE):
+                raise
             logger.warning("Kafka producer not renewed (%s): trying at the next refusal", exc)
-            await _bounded(fresh.stop(), 2.0)
             return
         self._producer = fresh
         logger.warning("Kafka producer renewed: the old one was refused (%r)", reason)
         # Its queued records are refused alike and fail fast; they are in the spool already.
-        await _bounded(wedged.stop(), 5.0)
+        await stop_within(wedged, 5.0)
 
     def _partition(self, topic: str, key: bytes | None) -> int | None:
         """The partition of a key, as aiokafka's default partitioner (and Kafka's Java client)
@@ -203,13 +207,3 @@ class MemoryPublisher:
 
     async def check(self) -> str | None:
         return None if self.started else "not started"
-
-
-async def _bounded(awaitable: object, timeout: float) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            await awaitable  # type: ignore[misc]
-    except TimeoutError:
-        logger.warning("gave up waiting after %.1fs", timeout)
-    except Exception:
-        logger.warning("error while closing", exc_info=True)

@@ -18,7 +18,7 @@ from aiokafka.client import AIOKafkaClient
 
 from bridge.errors import PublishRefused, TopicUnavailable
 from bridge.kafka.admin import MISSING, NOT_DESCRIBABLE, TopicSpec, create_topics, describe
-from bridge.kafka.client import kafka_options
+from bridge.kafka.client import kafka_options, stop_within
 from bridge.kafka.errors import UNREACHABLE, unavailable
 from bridge.notifications.routing import topics_of
 from bridge.settings import Settings
@@ -211,5 +211,5 @@ class TopicWatch:
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.close()
+            await stop_within(self._client, 2.0)
             self._client = None
