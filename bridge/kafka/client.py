@@ -148,8 +148,8 @@ async def reading(
     if client_id is not None:
         options["client_id"] = client_id
     consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
-    await consumer.start()
     try:
+        await consumer.start()  # a start that fails may have connected already: stopped too
         # The metadata of every topic, kept: `consumer.topics()` fetches the same and drops it,
         # and `consumer.partitions_for_topic` knows only the topics a consumer tracks, none here
         # (Tansu answers a metadata request for no topic with all of them, which hid this).
