@@ -65,9 +65,11 @@ async def stop_within(client: Any, timeout: float) -> None:
         async with asyncio.timeout(timeout):
             await (client.close() if isinstance(client, AIOKafkaClient) else client.stop())
     except TimeoutError:
-        logger.warning("a Kafka client did not stop within %.1fs: its connections closed", timeout)
+        logger.warning(
+            "%s did not stop within %.1fs: its connections closed", type(client).__name__, timeout
+        )
     except Exception:
-        logger.warning("error while stopping a Kafka client", exc_info=True)
+        logger.warning("error while stopping %s", type(client).__name__, exc_info=True)
     except BaseException:
         _abort(client)
         raise
