@@ -14,7 +14,7 @@ from bridge.commands.tail import Decoder
 from bridge.http.app import WEBHOOK_PATH
 from bridge.http.ports import free_port
 from bridge.kafka.admin import Creation, TopicSpec, create_topics, create_topics_and_wait
-from bridge.kafka.client import consume_until_idle, reading
+from bridge.kafka.client import consume_until_idle, reading, stop_within
 from bridge.kafka.publish import KafkaPublisher
 from bridge.notifications.record import Record
 from bridge.notifications.routing import all_topics
@@ -202,3 +202,35 @@ async def test_creating_topics_on_a_broker_that_never_answers_ends_at_the_timeou
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+class _StopLetsOutACancellation:
+    """A consumer whose fetch task, cancelled by `stop()` while Kafka is away, lets its
+    CancelledError out of `stop()` (aiokafka's fetcher in its retry back-off)."""
+
+    async def stop(self) -> None:
+        raise asyncio.CancelledError
+
+
+class _StopHangs:
+    async def stop(self) -> None:
+        await asyncio.sleep(60)
+
+
+async def test_a_cancellation_let_out_of_a_clients_stop_ends_neither_the_stop_nor_its_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await stop_within(_StopLetsOutACancellation(), 1.0)  # returns: the caller goes on
+    with caplog.at_level("WARNING"):
+        began = time.monotonic()
+        await stop_within(_StopHangs(), 0.2)  # and one that hangs is given up on
+    assert time.monotonic() - began < 1.0
+    assert "_StopHangs did not stop within 0.2s" in caplog.text
+
+
+async def test_a_cancellation_of_the_caller_goes_on_out_of_a_stop() -> None:
+    stopping = asyncio.create_task(stop_within(_StopHangs(), 30.0))
+    await asyncio.sleep(0.05)
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from bridge.errors import BrokerUnavailable, PublishError
@@ -120,7 +122,7 @@ async def test_keys_land_where_kafkas_default_partitioner_puts_them(
 
 @pytest.mark.kafka
 async def test_a_stop_on_a_frozen_broker_ends_in_time_and_leaves_no_connection_open(
-    broker: Broker,
+    broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
     loop = asyncio.get_running_loop()
     with broker.another() as own:
@@ -133,40 +135,54 @@ async def test_a_stop_on_a_frozen_broker_ends_in_time_and_leaves_no_connection_o
         topic = "frozen.call"
         await create_topics_and_wait(own.bootstrap_servers, [topic])
 
-        async def started() -> KafkaPublisher:
+        async def started() -> tuple[KafkaPublisher, AIOKafkaProducer]:
             kafka = KafkaPublisher(settings)
             await kafka.start()
             await kafka.publish(Record(topic, b"case", b"before", []))
             assert connections_to(port) >= 1
-            return kafka
+            return kafka, kafka._producer  # aiokafka's producer, to see what is left of it
 
-        async def held_by(kafka: KafkaPublisher) -> asyncio.Task[object]:
+        async def held_by(
+            kafka: KafkaPublisher, producer: AIOKafkaProducer
+        ) -> asyncio.Task[object]:
             held = asyncio.create_task(kafka.publish(Record(topic, b"case", b"held", [])))
-            await asyncio.sleep(0.3)  # sent: the frozen broker takes it and never answers
+            await asyncio.sleep(0.3)
             assert not held.done()
+            assert producer._sender._in_flight  # sent, and never answered
             return held
 
+        async def nothing_left_of(producer: AIOKafkaProducer) -> None:
+            sender = producer._sender.sender_task
+            await asyncio.wait({sender}, timeout=1.0)
+            assert sender.cancelled()  # and with it the requests it had in flight
+            assert producer.client._sync_task is None or producer.client._sync_task.done()
+            assert connections_to(port) == 0
+            await asyncio.sleep(0.2)  # the callbacks of a sender that ended in error have run
+            # No "Exception in callback" from a request putting its batch back (aiokafka's
+            # KeyError when its connection is aborted under it).
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
         # Past its timeout (aiokafka's stop() waits for the held record's acknowledgement).
-        kafka = await started()
+        kafka, producer = await started()
         with frozen(own):
-            held = await held_by(kafka)
+            held = await held_by(kafka, producer)
             began = loop.time()
             await kafka.stop(1.0)
             assert loop.time() - began < 2.0
             with pytest.raises(PublishError):  # answered, not left waiting for 30 s
                 await asyncio.wait_for(held, 1.0)
-            assert connections_to(port) == 0
+            await nothing_left_of(producer)
 
         # Its caller cancelled (a lifespan cut short).
-        kafka = await started()
+        kafka, producer = await started()
         with frozen(own):
-            held = await held_by(kafka)
+            held = await held_by(kafka, producer)
             stopping = asyncio.create_task(kafka.stop(30.0))
             await asyncio.sleep(0.3)
             stopping.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await stopping
+            assert await kafka.check() == "not started"  # the aborted producer is not used again
             with pytest.raises(PublishError):
                 await asyncio.wait_for(held, 1.0)
-            await asyncio.sleep(0)
-            assert connections_to(port) == 0
+            await nothing_left_of(producer)

@@ -27,7 +27,7 @@ from aiokafka.errors import (
 from aiokafka.protocol.metadata import MetadataRequest
 
 from bridge.errors import BrokerUnavailable
-from bridge.kafka.client import options_of
+from bridge.kafka.client import options_of, stop_within
 from bridge.kafka.errors import UNREACHABLE, unavailable
 from bridge.settings import Settings
 
@@ -112,7 +112,7 @@ async def create_topics(
                     admin, [spec for spec in wanted if spec.name in creation.existed]
                 )
     finally:
-        await admin.close()
+        await stop_within(admin)
     return creation
 
 

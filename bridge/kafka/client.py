@@ -50,10 +50,13 @@ def kafka_options(s: Settings) -> dict[str, Any]:
     return options
 
 
-async def stop_within(client: Any, timeout: float) -> None:
-    """Stop an aiokafka producer, consumer or client within `timeout` seconds, whatever the
-    broker does, and leave none of its connections open. Errors are logged, never raised:
-    stopping goes on.
+STOP_TIMEOUT = 2.0  # seconds a client that holds nothing to deliver gets to stop
+
+
+async def stop_within(client: Any, timeout: float = STOP_TIMEOUT) -> None:
+    """Stop an aiokafka producer, consumer, admin or plain client within `timeout` seconds,
+    whatever the broker does, and leave none of its connections open. Errors are logged, never
+    raised: stopping goes on. Only a cancellation of the caller goes on out of it.
 
     A producer's `stop()` first waits for what it holds to be acknowledged: a broker that
     accepts and never answers (frozen, or behind a stalled network) holds it for the request
@@ -61,18 +64,25 @@ async def stop_within(client: Any, timeout: float) -> None:
     open for the life of the process: one more each time a producer was renewed, or each
     retry of the event-id follower while Kafka was away. So past the timeout, or when the
     caller is cancelled, the client's tasks are cancelled and its connections aborted."""
+    task = asyncio.current_task()
+    cancelling = task.cancelling() if task is not None else 0
     try:
         async with asyncio.timeout(timeout):
-            await (client.close() if isinstance(client, AIOKafkaClient) else client.stop())
+            await (client.stop() if hasattr(client, "stop") else client.close())
     except TimeoutError:
         logger.warning(
             "%s did not stop within %.1fs: its connections closed", type(client).__name__, timeout
         )
     except Exception:
         logger.warning("error while stopping %s", type(client).__name__, exc_info=True)
-    except BaseException:
+    except asyncio.CancelledError:
         _abort(client)
-        raise
+        if task is not None and task.cancelling() > cancelling:
+            raise  # the caller's
+        # Not the caller's: with the broker gone, a consumer's fetch task that `stop()` cancels
+        # can let its CancelledError out of `stop()`, and it would replace the error being
+        # raised (`bridge redrive`'s one line) or end the event-id follower for good.
+        logger.debug("%s let a cancellation out of its stop", type(client).__name__)
     else:
         return
     _abort(client)
@@ -80,26 +90,38 @@ async def stop_within(client: Any, timeout: float) -> None:
 
 
 def _abort(client: Any) -> None:
+    try:
+        _cut(client)
+    except Exception:  # a stop goes on whatever the abort meets
+        logger.warning("cannot abort %s", type(client).__name__, exc_info=True)
+
+
+def _cut(client: Any) -> None:
     """What a `stop()` cut short leaves behind: the tasks that would send, fetch or reconnect
     cancelled, every connection aborted (its unsent bytes dropped; a close would wait for them
     to be written, and a frozen broker reads nothing), and what it held refused: a request
     waiting on it falls back to the spool, as on any error in flight.
 
     aiokafka has no forced close: this reaches into its parts (as of 0.14, pinned in
-    constraints.txt; tests/test_publish.py fails if they move), each looked up leniently so
+    constraints.txt; tests/test_publish.py checks a producer's), each looked up leniently so
     that a renamed one costs the abort, never the stop."""
     kafka: Any = client
-    if not isinstance(client, AIOKafkaClient):  # a producer's client is public, a consumer's not
+    if not isinstance(client, AIOKafkaClient):  # a producer's client is public, the others' not
         kafka = getattr(client, "client", None) or getattr(client, "_client", None)
     sender, fetcher = getattr(client, "_sender", None), getattr(client, "_fetcher", None)
-    tasks = [
-        getattr(sender, "sender_task", None),
+    sending = getattr(sender, "sender_task", None)
+    for task in (
+        sending,
         getattr(fetcher, "_fetch_task", None),
         getattr(kafka, "_sync_task", None),
-    ]
-    for task in tasks:
+    ):
         if task is not None:
             task.cancel()
+    if sending is not None:
+        # Twice: cancelled, the sender waits for its requests in flight, which the aborted
+        # connections fail; each would then put its batch back where `fail_all` just took it
+        # from (aiokafka's KeyError, logged at ERROR). The second cancel reaches them first.
+        asyncio.get_running_loop().call_soon(sending.cancel)
     accumulator = getattr(client, "_message_accumulator", None)
     if accumulator is not None:  # whoever waits on a record it held is answered, not left
         accumulator.fail_all(ProducerClosed())
@@ -176,19 +198,7 @@ async def reading(
                 await consumer.seek_to_end(*partitions)
         yield Reading(consumer, partitions, [t for t in wanted if t not in available])
     finally:
-        await _stop(consumer)
-
-
-async def _stop(consumer: AIOKafkaConsumer) -> None:
-    try:
-        await consumer.stop()
-    except asyncio.CancelledError:
-        # With the broker gone, aiokafka's fetch task, cancelled by `stop()`, can let its
-        # CancelledError out of `stop()`: it would replace the error being raised (`bridge
-        # redrive`'s one line). Only a cancellation of this task goes on.
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
+        await stop_within(consumer)
 
 
 async def consume_until_idle(

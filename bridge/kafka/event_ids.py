@@ -204,8 +204,10 @@ class EventIdTopic:
             await self._read(consumer, partitions, learn)
         finally:
             self._producer = None
-            await stop_within(consumer, 2.0)
-            await stop_within(producer, 2.0)
+            try:
+                await stop_within(consumer)
+            finally:  # even when this task is cancelled meanwhile
+                await stop_within(producer)
 
     async def _assign(
         self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer

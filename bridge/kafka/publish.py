@@ -90,8 +90,8 @@ class KafkaPublisher:
         try:
             async with asyncio.timeout(s.kafka_connect_timeout):
                 await producer.start()
-        except BaseException as exc:  # a refusal or a cancelled start alike: nothing left open
-            await stop_within(producer, 2.0)
+        except BaseException as exc:  # a refusal or a cancelled start alike: stopped
+            await stop_within(producer)
             if isinstance(exc, UNREACHABLE):
                 raise unavailable(
                     f"cannot reach Kafka at {s.kafka_bootstrap_servers} "
@@ -106,10 +106,10 @@ class KafkaPublisher:
             self._renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewal
-        if self._producer is not None:
+        producer, self._producer = self._producer, None  # none of it used again, even if cut short
+        if producer is not None:
             # aiokafka's stop() flushes and can wait forever on a dead broker: bound it.
-            await stop_within(self._producer, timeout)
-            self._producer = None
+            await stop_within(producer, timeout)
 
     async def publish(self, record: Record) -> Delivery:
         producer = self._producer
@@ -142,7 +142,7 @@ class KafkaPublisher:
             async with asyncio.timeout(self._settings.kafka_connect_timeout):
                 await fresh.start()
         except BaseException as exc:
-            await stop_within(fresh, 2.0)
+            await stop_within(fresh)
             if not isinstance(exc, UNREACHABLE):
                 raise
             logger.warning("Kafka producer not renewed (%s): trying at the next refusal", exc)

@@ -73,7 +73,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
             f"cannot ask Kafka at {settings.kafka_bootstrap_servers} about the topics", exc
         ) from exc
     finally:
-        await client.close()
+        await stop_within(client)
     hidden = [t for t in topics if problems.get(t) == NOT_DESCRIBABLE]
     if hidden:
         who = settings.kafka_sasl_username or "bridge's principal"
@@ -199,7 +199,7 @@ class TopicWatch:
                     try:
                         await client.bootstrap()
                     except BaseException:
-                        await client.close()
+                        await stop_within(client)
                         raise
                     self._client = client
                 self._described = await describe(self._client, self.topics)
@@ -210,6 +210,6 @@ class TopicWatch:
         self._described_at = time.monotonic()
 
     async def close(self) -> None:
-        if self._client is not None:
-            await stop_within(self._client, 2.0)
-            self._client = None
+        client, self._client = self._client, None
+        if client is not None:
+            await stop_within(client)
