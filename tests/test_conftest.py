@@ -83,6 +83,25 @@ def test_each_api_operation_has_its_own_test_id() -> None:
 PYTEST_WITH_OUR_CONFTEST = [sys.executable, "-m", "pytest", "-p", "tests.conftest"]
 PYTEST_WITH_OUR_CONFTEST += ["-p", "no:cacheprovider"]
 
+
+def run_with_our_conftest(
+    tmp_path: Path, tests: dict[str, str], *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """pytest with this suite's conftest on test files of its own (name: source) in
+    `tmp_path`, with nothing of the developer's environment but `env`."""
+    for name, source in tests.items():
+        (tmp_path / name).write_text(source)
+    return subprocess.run(
+        [*PYTEST_WITH_OUR_CONFTEST, *args, str(tmp_path)],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 GUARDED = """
 import subprocess
 import sys
@@ -115,15 +134,8 @@ def test_unmarked_starts_nothing() -> None:
 
 @pytest.mark.process
 def test_a_unit_tier_test_that_starts_a_process_fails(tmp_path: Path) -> None:
-    (tmp_path / "test_guarded.py").write_text(GUARDED)
-    result = subprocess.run(
-        [*PYTEST_WITH_OUR_CONFTEST, "-o", "asyncio_mode=auto", "-q", str(tmp_path)],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = run_with_our_conftest(
+        tmp_path, {"test_guarded.py": GUARDED}, "-o", "asyncio_mode=auto", "-q"
     )
     assert "2 failed, 2 passed" in result.stdout, result.stdout + result.stderr
     assert "FAILED test_guarded.py::test_unmarked_starts_a_process" in result.stdout
@@ -153,15 +165,8 @@ async def test_after_it() -> None:
 
 @pytest.mark.process
 def test_a_leak_is_reported_by_the_test_that_made_it(tmp_path: Path) -> None:
-    (tmp_path / "test_leaking.py").write_text(LEAKING)
-    result = subprocess.run(
-        [*PYTEST_WITH_OUR_CONFTEST, "-o", "asyncio_mode=auto", "-W", "error", "-q"],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = run_with_our_conftest(
+        tmp_path, {"test_leaking.py": LEAKING}, "-o", "asyncio_mode=auto", "-W", "error", "-q"
     )
     assert "unclosed <socket.socket" in result.stdout, result.stdout + result.stderr
     assert "ERROR test_leaking.py::test_leaks_a_socket_in_a_cycle" in result.stdout
@@ -178,16 +183,7 @@ def test_takes_a_broker(broker) -> None:
 def test_a_test_taking_a_broker_without_its_marker_is_refused_at_collection(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "test_unmarked.py").write_text(BROKER_UNMARKED)
-    result = subprocess.run(
-        [*PYTEST_WITH_OUR_CONFTEST, "--co", "-q", str(tmp_path)],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_with_our_conftest(tmp_path, {"test_unmarked.py": BROKER_UNMARKED}, "--co", "-q")
     assert result.returncode != 0
     assert "test_takes_a_broker" in result.stderr + result.stdout
     assert "without their tier's marker" in result.stderr + result.stdout
@@ -211,15 +207,8 @@ def test_module_fixtures_read_no_exported_setting(settings) -> None:
 
 @pytest.mark.process
 def test_exported_bridge_variables_reach_no_fixture_of_any_scope(tmp_path: Path) -> None:
-    (tmp_path / "test_exported.py").write_text(MODULE_SETTINGS)
     exported = {"BRIDGE_PORT": "not a port", "BRIDGE_WORKERS": "many", "BRIDGE_LOG_LEVEL": "x"}
-    result = subprocess.run(
-        [*PYTEST_WITH_OUR_CONFTEST, "-q", str(tmp_path)],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **exported},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = run_with_our_conftest(
+        tmp_path, {"test_exported.py": MODULE_SETTINGS}, "-q", **exported
     )
     assert "1 passed" in result.stdout, result.stdout + result.stderr
